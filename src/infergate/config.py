@@ -1,0 +1,63 @@
+"""Settings from the environment, read and validated once at start."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infergate.catalog import Catalog
+
+
+def _int_env(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    redis_url: str | None
+    config_path: str | None
+    admin_token: str | None
+    cors_origins: tuple[str, ...]
+    max_body_bytes: int
+    access_log: bool
+    ledger_flush_ms: int
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        data_dir = Path(os.environ.get("INFERGATE_DATA_DIR") or "./data").expanduser().resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        db_url = os.environ.get("INFERGATE_DATABASE_URL") or f"sqlite:///{data_dir / 'infergate.db'}"
+        origins = tuple(o.strip() for o in os.environ.get("INFERGATE_CORS_ORIGINS", "").split(",") if o.strip())
+        return cls(
+            data_dir=data_dir,
+            database_url=normalize_database_url(db_url),
+            redis_url=os.environ.get("INFERGATE_REDIS_URL") or None,
+            config_path=os.environ.get("INFERGATE_CONFIG") or None,
+            admin_token=os.environ.get("INFERGATE_ADMIN_TOKEN") or None,
+            cors_origins=origins,
+            max_body_bytes=_int_env("INFERGATE_MAX_BODY_BYTES", 8 * 1024 * 1024),
+            access_log=os.environ.get("INFERGATE_ACCESS_LOG", "1") not in ("0", "false", "no"),
+            ledger_flush_ms=_int_env("INFERGATE_LEDGER_FLUSH_MS", 200),
+        )
+
+    def load_catalog(self) -> Catalog:
+        return Catalog.load(self.config_path, self.data_dir)
+
+
+def normalize_database_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 here (the driver we ship), not psycopg2."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url

@@ -1,0 +1,1 @@
+"""Backends. One module per backend; `registry.build_engine` picks one from a ModelSpec."""

@@ -1,0 +1,68 @@
+"""Interfaces every backend implements, one per model kind.
+
+A backend never touches HTTP, auth or the ledger. It receives a validated request, does the
+work, and reports token counts as a `Usage`; the api layer renders the response and bills.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from infergate.catalog import ModelSpec
+from infergate.schemas.chat import ChatCompletionRequest
+from infergate.usage import Usage
+
+
+@dataclass
+class RequestContext:
+    request_id: str
+    key_uuid: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ChatRequest:
+    """`params` is the validated request; `body` the client's JSON as sent (for pass-through)."""
+
+    params: ChatCompletionRequest
+    body: dict[str, Any]
+    context: RequestContext
+
+
+@dataclass
+class ChatResult:
+    """A finished chat completion: `body` is the chat.completion object without `usage`."""
+
+    body: dict[str, Any]
+    usage: Usage
+
+
+class Engine(ABC):
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Load weights / open connection pools. Called once at server start."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources; called at shutdown after in-flight requests drained."""
+
+    def readiness(self) -> str | None:
+        """None when able to serve, else the reason (shown by GET /ready)."""
+        return None
+
+
+class ChatEngine(Engine):
+    @abstractmethod
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        """Non-streaming chat completion."""
+
+    @abstractmethod
+    def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any] | Usage]:
+        """Yield chat.completion.chunk dicts (without usage) as they are produced, then one Usage last.
+
+        Cancelling the iterator (client gone) must stop the work promptly.
+        """

@@ -1,0 +1,208 @@
+"""The Usage value of one request, its price, and the batched ledger writer.
+
+A request's usage is built once (from the engine's counts) and that same value is rendered to
+the client and written to the ledger, so the bill and the response can never disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from infergate.catalog import ModelSpec
+
+log = logging.getLogger("infergate.usage")
+
+
+@dataclass
+class Usage:
+    """Token counts of one request. `input_tokens` counts every prompt token, cached or not."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False
+    # explicit prompt caching (cache_control) was asked for: render the seed's cache fields
+    cache_control: bool = False
+    # upstream details we don't bill on but pass through (e.g. completion_tokens_details)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def uncached_input_tokens(self) -> int:
+        cached = self.cache_read_tokens + self.cache_write_5m_tokens + self.cache_write_1h_tokens
+        return max(self.input_tokens - cached, 0)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def cost_nano_usd(self, spec: ModelSpec) -> int:
+        return (self.uncached_input_tokens * spec.price_nano("input")
+                + self.output_tokens * spec.price_nano("output")
+                + self.cache_read_tokens * spec.price_nano("cache_read")
+                + self.cache_write_5m_tokens * spec.price_nano("cache_write_5m")
+                + self.cache_write_1h_tokens * spec.price_nano("cache_write_1h"))
+
+    def to_chat(self) -> dict[str, Any]:
+        """The chat.completion `usage` object (the seed's shape when cache_control was used)."""
+        out: dict[str, Any] = dict(self.extra)
+        if self.cache_control:
+            written = self.cache_write_5m_tokens + self.cache_write_1h_tokens
+            out.update({
+                "prompt_tokens": self.uncached_input_tokens,
+                "completion_tokens": self.output_tokens,
+                "total_tokens": self.uncached_input_tokens + self.output_tokens,
+                "cache_created_input_tokens": written,
+                "cache_creation": {"ephemeral_5m_input_tokens": self.cache_write_5m_tokens,
+                                   "ephemeral_1h_input_tokens": self.cache_write_1h_tokens},
+                "cache_read_input_tokens": self.cache_read_tokens,
+            })
+        else:
+            out.update({"prompt_tokens": self.input_tokens, "completion_tokens": self.output_tokens,
+                        "total_tokens": self.total_tokens})
+            if self.cache_read_tokens or "prompt_tokens_details" in out:
+                details = dict(out.get("prompt_tokens_details") or {})
+                details["cached_tokens"] = self.cache_read_tokens
+                out["prompt_tokens_details"] = details
+        return out
+
+    @classmethod
+    def from_openai(cls, raw: dict[str, Any] | None) -> Usage | None:
+        """Read an upstream's usage object: OpenAI fields and Anthropic-style cache fields."""
+        if not isinstance(raw, dict):
+            return None
+        prompt = _int(raw.get("prompt_tokens", raw.get("input_tokens")))
+        completion = _int(raw.get("completion_tokens", raw.get("output_tokens")))
+        if prompt is None or completion is None:
+            return None
+        details = raw.get("prompt_tokens_details") or raw.get("input_tokens_details") or {}
+        read = _int(raw.get("cache_read_input_tokens")) or _int(details.get("cached_tokens")) or 0
+        creation = raw.get("cache_creation") or {}
+        w5 = _int(creation.get("ephemeral_5m_input_tokens")) or 0
+        w1 = _int(creation.get("ephemeral_1h_input_tokens")) or 0
+        created = _int(raw.get("cache_created_input_tokens", raw.get("cache_creation_input_tokens"))) or 0
+        if created and not (w5 or w1):
+            w5 = created
+        anthropic_style = "cache_read_input_tokens" in raw or "cache_creation_input_tokens" in raw or \
+            "cache_created_input_tokens" in raw
+        if anthropic_style:  # there prompt_tokens excludes cached tokens; ours counts them all
+            prompt += read + w5 + w1
+        extra = {k: v for k, v in raw.items() if k == "completion_tokens_details" and isinstance(v, dict)}
+        reasoning = _int((raw.get("completion_tokens_details") or {}).get("reasoning_tokens")) or 0
+        return cls(input_tokens=prompt, output_tokens=completion, cache_read_tokens=read,
+                   cache_write_5m_tokens=w5, cache_write_1h_tokens=w1, reasoning_tokens=reasoning,
+                   cache_control=anthropic_style and bool(w5 or w1 or read), extra=extra)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    request_id: str
+    key_uuid: str | None
+    model: str
+    endpoint: str
+    usage: Usage
+    cost_nano_usd: int
+    status: int
+    latency_ms: float
+    created_ms: int
+
+    def row(self) -> dict[str, Any]:
+        u = self.usage
+        return {"request_id": self.request_id, "key_uuid": self.key_uuid, "model": self.model,
+                "endpoint": self.endpoint, "input_tokens": u.uncached_input_tokens,
+                "output_tokens": u.output_tokens, "cache_read_tokens": u.cache_read_tokens,
+                "cache_write_5m_tokens": u.cache_write_5m_tokens,
+                "cache_write_1h_tokens": u.cache_write_1h_tokens, "cost_nano_usd": self.cost_nano_usd,
+                "status": self.status, "latency_ms": round(self.latency_ms, 3), "estimated": u.estimated,
+                "created_ms": self.created_ms}
+
+
+class LedgerWriter:
+    """Collects ledger rows in memory and writes them in batches off the request path.
+
+    Rows are inserted with the request id as a unique key, so a retried batch can never count a
+    request twice. If the database is unreachable at shutdown the rows go to a spill file in the
+    data dir, replayed on the next start.
+    """
+
+    def __init__(self, write_rows: Callable[[list[dict[str, Any]]], None], spill_path: Path,
+                 flush_interval: float = 0.2, max_batch: int = 2000) -> None:
+        self._write_rows = write_rows
+        self._spill_path = spill_path
+        self._interval = flush_interval
+        self._max_batch = max_batch
+        self._pending: list[dict[str, Any]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+
+    def record(self, entry: LedgerEntry) -> None:
+        self._pending.append(entry.row())
+        if len(self._pending) >= self._max_batch:
+            self._wakeup.set()
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._replay_spill)
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self._interval)
+            self._wakeup.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            while self._pending:
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch:]
+                try:
+                    await asyncio.to_thread(self._write_rows, batch)
+                except Exception as exc:
+                    log.error("ledger write failed (%s); %d rows kept for retry", exc, len(batch))
+                    self._pending[:0] = batch
+                    return
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        await self.flush()
+        if self._pending:
+            self._spill(self._pending)
+            self._pending = []
+
+    def _spill(self, rows: list[dict[str, Any]]) -> None:
+        with self._spill_path.open("ab") as fh:
+            for row in rows:
+                fh.write(orjson.dumps(row) + b"\n")
+        log.error("database unreachable at shutdown: %d ledger rows spilled to %s", len(rows), self._spill_path)
+
+    def _replay_spill(self) -> None:
+        if not self._spill_path.exists():
+            return
+        rows = [orjson.loads(line) for line in self._spill_path.read_bytes().splitlines() if line.strip()]
+        if rows:
+            self._write_rows(rows)
+        self._spill_path.unlink()
+        log.info("replayed %d spilled ledger rows", len(rows))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,1 @@
+"""HTTP endpoint families. Thin: validate, call the platform, render."""

@@ -1,0 +1,96 @@
+"""The one place where failures become HTTP answers.
+
+Inference routes answer in OpenAI's shape `{"error": {message, type, param, code}}`; management
+routes (/v2) add DigitalOcean's top-level `id`, `message` and `request_id` to the same object so
+both kinds of client read what they expect.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from infergate.errors import InfergateError, InvalidRequest
+
+log = logging.getLogger("infergate.errors")
+STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error",
+                413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
+                429: "rate_limit_error"}
+DO_IDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",
+          413: "request_too_large", 422: "unprocessable_entity", 429: "too_many_requests"}
+
+
+def error_payload(status: int, error: dict[str, Any], request_id: str | None, path: str) -> bytes:
+    body: dict[str, Any] = {"error": error}
+    if path.startswith("/v2/"):
+        body.update(id=DO_IDS.get(status, "server_error"), message=error["message"], request_id=request_id)
+    return orjson.dumps(body)
+
+
+def error_response(request: Request, status: int, error: dict[str, Any],
+                   headers: dict[str, str] | None = None) -> Response:
+    request_id = request.scope.get("state", {}).get("request_id")
+    return Response(error_payload(status, error, request_id, request.url.path), status_code=status,
+                    media_type="application/json", headers=headers)
+
+
+def validation_message(exc: ValidationError | RequestValidationError) -> tuple[str, str | None]:
+    """First error, phrased for a person: `messages.0.role: Input should be ...`."""
+    errors = exc.errors()
+    if not errors:
+        return "Invalid request body", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+    # drop pydantic's union branch tags (e.g. 'str', 'list[...]') to keep the path a JSON path
+    loc = [p for p in loc if not (p[:1].islower() and ("[" in p or p in {"str", "int", "float", "bool"}))]
+    param = ".".join(loc) or None
+    msg = first.get("msg", "invalid value")
+    more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+    return (f"{param}: {msg}{more}" if param else f"{msg}{more}"), param
+
+
+def invalid_from_validation(exc: ValidationError) -> InvalidRequest:
+    message, param = validation_message(exc)
+    return InvalidRequest(message, param=param)
+
+
+async def handle_infergate_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InfergateError)
+    return error_response(request, exc.status, exc.to_dict(), exc.headers)
+
+
+async def handle_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError | ValidationError)
+    message, param = validation_message(exc)
+    return error_response(request, 400, {"message": message, "type": "invalid_request_error",
+                                         "param": param, "code": "invalid_request"})
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
+    if status == 404:
+        message = f"Unknown route: {request.method} {request.url.path}"
+    return error_response(request, status, {"message": message, "type": STATUS_TYPES.get(status, "server_error"),
+                                            "param": None, "code": None}, getattr(exc, "headers", None))
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(request, 500, {"message": "Internal server error; the request id names it in the log.",
+                                         "type": "server_error", "param": None, "code": "internal_error"})
+
+
+def exception_handlers() -> dict[Any, Any]:
+    return {InfergateError: handle_infergate_error, RequestValidationError: handle_validation_error,
+            ValidationError: handle_validation_error, HTTPException: handle_http_exception,
+            Exception: handle_unexpected}

@@ -1,0 +1,60 @@
+"""Builds the ASGI app: routes, middleware, lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from infergate import __version__
+from infergate.api import chat, health, keys, models, usage
+from infergate.api.errors import exception_handlers
+from infergate.config import Settings
+from infergate.middleware import GatewayMiddleware
+from infergate.observability import setup_logging
+from infergate.platform import Platform
+
+log = logging.getLogger("infergate")
+
+
+def inference_router() -> APIRouter:
+    router = APIRouter(tags=["inference"])
+    router.include_router(models.router)
+    router.include_router(chat.router)
+    return router
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    setup_logging(settings.access_log)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        platform = Platform(settings)
+        await platform.start()
+        app.state.platform = platform
+        log.info("infergate %s ready: %d models, data in %s", __version__, len(platform.catalog), settings.data_dir)
+        try:
+            yield
+        finally:
+            await platform.close()  # after the server drained in-flight requests: flush the ledger
+            log.info("infergate stopped; ledger flushed")
+
+    app = FastAPI(title="infergate", version=__version__, lifespan=lifespan,
+                  exception_handlers=exception_handlers(),
+                  description="Self-hosted serverless inference, compatible with DigitalOcean Gradient and OpenAI.")
+    app.include_router(inference_router(), prefix="/v1")
+    # The gradient SDK with base_url sends inference calls without /v1: serve both spellings.
+    app.include_router(inference_router(), include_in_schema=False)
+    app.include_router(models.v2_router)
+    app.include_router(keys.router)
+    app.include_router(usage.router)
+    app.include_router(health.router)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["x-request-id"], max_age=600)
+    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app

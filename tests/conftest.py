@@ -1,0 +1,60 @@
+"""Shared fixtures: a stand-in upstream and a real infergate server process talking to it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.server import ServerProcess
+from tests.support.upstream import StandInUpstream
+
+
+def upstream_catalog(base_url: str) -> str:
+    """Models served through the stand-in upstream; no built-ins, so no GGUF is loaded."""
+    entries = [
+        ("standin", "standin", 1.0, 2.0, ""),
+        ("standin-nousage", "nousage", 1.0, 2.0, ""),
+        ("standin-slow", "slow", 1.0, 2.0, "timeout = 1.0\n"),
+        ("standin-slowstream", "slowstream", 1.0, 2.0, ""),
+        ("standin-cached", "cached", 1.0, 2.0, ""),
+        ("standin-anthropic-cache", "anthropic-cache", 1.0, 2.0, ""),
+        ("standin-badjson", "badjson", 1.0, 2.0, ""),
+        ("standin-midstream-error", "midstream-error", 1.0, 2.0, ""),
+    ]
+    entries += [(f"standin-fail-{s}", f"fail-{s}", 1.0, 2.0, "") for s in (400, 401, 404, 429, 500, 503)]
+    text = "builtins = false\n"
+    for model_id, upstream, inp, out, extra in entries:
+        text += (f'\n[[models]]\nid = "{model_id}"\nbackend = "openai"\nbase_url = "{base_url}"\n'
+                 f'upstream_model = "{upstream}"\ninput_price = {inp}\noutput_price = {out}\n{extra}')
+    text += ('\n[[models]]\nid = "standin-down"\nbackend = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+             'connect_timeout = 1.0\n')
+    return text
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[StandInUpstream]:
+    stand_in = StandInUpstream().start()
+    yield stand_in
+    stand_in.stop()
+
+
+@pytest.fixture(scope="session")
+def server(upstream: StandInUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path_factory.mktemp("server"), upstream_catalog(upstream.base_url)).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def key(server: ServerProcess) -> str:
+    return server.create_key("session")["secret_key"]
+
+
+@pytest.fixture
+def fresh_server(upstream: StandInUpstream, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of one's own, for tests that stop it or count its whole ledger."""
+    proc = ServerProcess(tmp_path / "server", upstream_catalog(upstream.base_url))
+    yield proc
+    proc.stop()

@@ -12,22 +12,41 @@ import json
 import sys
 
 MODEL = "mock-model"
-COMPLETION = json.dumps({
-    "id": "chatcmpl-mock", "object": "chat.completion", "created": 1700000000, "model": MODEL,
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the mock."},
-                 "finish_reason": "stop", "logprobs": None}],
-    "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}}).encode()
-MODELS = json.dumps({"object": "list", "data": [
-    {"id": MODEL, "object": "model", "created": 1700000000, "owned_by": "bench"}]}).encode()
+COMPLETION = json.dumps(
+    {
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello from the mock."},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14},
+    }
+).encode()
+MODELS = json.dumps(
+    {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 1700000000, "owned_by": "bench"}]}
+).encode()
 
 
 def sse() -> bytes:
     def chunk(delta, finish=None, usage=None):
-        c = {"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1700000000, "model": MODEL,
-             "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        c = {
+            "id": "chatcmpl-mock",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": MODEL,
+            "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
         if usage:
             c["usage"] = usage
         return b"data: " + json.dumps(c).encode() + b"\n\n"
+
     parts = [chunk({"role": "assistant", "content": ""})]
     parts += [chunk({"content": w}) for w in ("Hello", " from", " the", " mock", ".")]
     usage = {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}
@@ -36,8 +55,14 @@ def sse() -> bytes:
 
 
 def response(body: bytes, ctype: bytes = b"application/json") -> bytes:
-    return (b"HTTP/1.1 200 OK\r\ncontent-type: " + ctype + b"\r\ncontent-length: " + str(len(body)).encode()
-            + b"\r\nconnection: keep-alive\r\n\r\n" + body)
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: "
+        + ctype
+        + b"\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\nconnection: keep-alive\r\n\r\n"
+        + body
+    )
 
 
 R_COMPLETION, R_MODELS = response(COMPLETION), response(MODELS)
@@ -52,7 +77,7 @@ def header_value(head: bytes, name: bytes) -> bytes | None:
         return None
     start = i + len(name) + 3
     end = head.find(b"\r\n", start)
-    return head[start:end if end >= 0 else None].strip()
+    return head[start : end if end >= 0 else None].strip()
 
 
 def dechunk(buf: bytes, pos: int) -> tuple[bytes, int] | None:
@@ -69,7 +94,7 @@ def dechunk(buf: bytes, pos: int) -> tuple[bytes, int] | None:
             return (body, end + 4) if end >= 0 else None
         if len(buf) < pos + size + 2:
             return None
-        body += buf[pos:pos + size]
+        body += buf[pos : pos + size]
         pos += size + 2
 
 
@@ -93,7 +118,7 @@ class Upstream(asyncio.Protocol):
                 length = int(header_value(head, b"content-length") or 0)
                 if len(self.buf) < end + 4 + length:
                     return
-                body, stop = self.buf[end + 4:end + 4 + length], end + 4 + length
+                body, stop = self.buf[end + 4 : end + 4 + length], end + 4 + length
             self.buf = self.buf[stop:]
             if head.startswith(b"get"):
                 path = head.split(b" ", 2)[1] if b" " in head else b""
@@ -113,6 +138,7 @@ async def main(port: int):
 if __name__ == "__main__":
     try:
         import uvloop
+
         uvloop.install()
     except ImportError:
         pass

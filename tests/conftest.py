@@ -17,6 +17,7 @@ def upstream_catalog(base_url: str) -> str:
         ("standin", "standin", 1.0, 2.0, ""),
         ("standin-nousage", "nousage", 1.0, 2.0, ""),
         ("standin-slow", "slow", 1.0, 2.0, "timeout = 1.0\n"),
+        ("standin-slow-ok", "slow", 1.0, 2.0, ""),
         ("standin-slowstream", "slowstream", 1.0, 2.0, ""),
         ("standin-cached", "cached", 1.0, 2.0, ""),
         ("standin-anthropic-cache", "anthropic-cache", 1.0, 2.0, ""),
@@ -35,7 +36,7 @@ def upstream_catalog(base_url: str) -> str:
 
 @pytest.fixture(scope="session")
 def upstream() -> Iterator[StandInUpstream]:
-    stand_in = StandInUpstream().start()
+    stand_in = StandInUpstream(slow_seconds=2.0).start()
     yield stand_in
     stand_in.stop()
 

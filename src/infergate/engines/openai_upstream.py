@@ -112,6 +112,11 @@ class OpenAIUpstreamEngine(ChatEngine):
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any] | Usage]:
         response = await self._post(self._payload(request, stream=True))
+        if not response.content_type.startswith("text/event-stream"):
+            response.release()
+            self._count("not_a_stream")
+            raise UpstreamError(f"upstream {self.spec.id} answered {response.content_type or 'no content type'} "
+                                "instead of an event stream")
         usage: Usage | None = None
         try:
             async for chunk in _sse_events(response, self.spec.id):

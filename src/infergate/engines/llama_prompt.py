@@ -1,0 +1,123 @@
+"""Prompt side of the llama.cpp engine: messages to chat-template input, tools to instructions.
+
+Small local models rarely know a tool-calling format, and many GGUF templates (ChatML, like
+SmolLM2's) ignore `tools`. So tools are described in the system message and the reply is
+grammar-constrained to one JSON object {"name": ..., "arguments": {...}}.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from infergate.errors import InvalidRequest
+from infergate.schemas.chat import ChatCompletionRequest, NamedToolChoice
+from infergate.engines.llama_sampling import TOOL_TRIGGER_PATTERNS, schema_grammar, tool_call_schema
+
+# Used when a GGUF carries no chat template.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% endif %}"
+)
+
+
+@dataclass
+class ToolPlan:
+    mode: Literal["none", "auto", "required"] = "none"
+    functions: list[dict[str, Any]] = field(default_factory=list)
+    grammar: str | None = None
+    triggers: list[str] | None = None
+
+    @property
+    def names(self) -> set[str]:
+        return {f["name"] for f in self.functions}
+
+
+def plan_tools(params: ChatCompletionRequest) -> ToolPlan:
+    if not params.tools or params.tool_choice == "none":
+        return ToolPlan()
+    functions = [t.function.model_dump(exclude_none=True, exclude={"strict"}) for t in params.tools]
+    choice = params.tool_choice or "auto"
+    if isinstance(choice, NamedToolChoice):
+        wanted = choice.function.get("name")
+        functions = [f for f in functions if f["name"] == wanted]
+        if not functions:
+            raise InvalidRequest(f"tool_choice names function '{wanted}', which is not in tools",
+                                 param="tool_choice")
+        choice = "required"
+    for f in functions:
+        params_schema = f.get("parameters")
+        if params_schema is not None and not isinstance(params_schema, dict):
+            raise InvalidRequest("function parameters must be a JSON schema object", param="tools")
+    grammar = schema_grammar(tool_call_schema(functions), param="tools")
+    mode: Literal["auto", "required"] = "required" if choice == "required" else "auto"
+    return ToolPlan(mode=mode, functions=functions, grammar=grammar,
+                    triggers=list(TOOL_TRIGGER_PATTERNS) if mode == "auto" else None)
+
+
+def _tool_instructions(plan: ToolPlan) -> str:
+    lines = [
+        "You have access to the following functions:",
+        json.dumps(plan.functions, ensure_ascii=False),
+        "",
+        'To call a function, reply with only a JSON object of the form {"name": "<function name>", '
+        '"arguments": {<argument name>: <value>}} and nothing else.',
+    ]
+    if plan.mode == "auto":
+        lines.append("If no function is needed, reply normally in plain text.")
+    elif len(plan.functions) == 1:
+        lines.append(f"You must call the function \"{plan.functions[0]['name']}\".")
+    else:
+        lines.append("You must call one of the functions.")
+    return "\n".join(lines)
+
+
+def chat_messages(params: ChatCompletionRequest, plan: ToolPlan) -> list[dict[str, str]]:
+    """The request's messages as plain {role, content} dicts a Jinja chat template can render."""
+    out: list[dict[str, str]] = []
+    for msg in params.messages:
+        role = "system" if msg.role == "developer" else msg.role
+        text = msg.text()
+        if msg.role == "assistant" and msg.tool_calls:
+            calls = []
+            for call in msg.tool_calls:
+                try:
+                    args: Any = json.loads(call.function.arguments)
+                except ValueError:
+                    args = call.function.arguments
+                calls.append(json.dumps({"name": call.function.name, "arguments": args}, ensure_ascii=False))
+            text = "\n".join([text, *calls]) if text else "\n".join(calls)
+        out.append({"role": role, "content": text})
+    if plan.mode != "none":
+        instructions = _tool_instructions(plan)
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{instructions}"}
+        else:
+            out.insert(0, {"role": "system", "content": instructions})
+    return out
+
+
+def parse_tool_call(text: str, plan: ToolPlan) -> tuple[str, str] | None:
+    """(name, arguments JSON) when `text` is one call to an offered function, else None."""
+    body = text.strip()
+    if body.startswith("<tool_call>"):
+        body = body.removeprefix("<tool_call>").removesuffix("</tool_call>").strip()
+    if not body.startswith("{"):
+        return None
+    try:
+        call = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(call, dict) or call.get("name") not in plan.names:
+        return None
+    args = call.get("arguments", call.get("parameters", {}))
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return None
+    if not isinstance(args, dict):
+        return None
+    return call["name"], json.dumps(args, ensure_ascii=False)

@@ -27,10 +27,14 @@ def upstream_catalog(base_url: str) -> str:
     entries += [(f"standin-fail-{s}", f"fail-{s}", 1.0, 2.0, "") for s in (400, 401, 404, 429, 500, 503)]
     text = "builtins = false\n"
     for model_id, upstream, inp, out, extra in entries:
-        text += (f'\n[[models]]\nid = "{model_id}"\nbackend = "openai"\nbase_url = "{base_url}"\n'
-                 f'upstream_model = "{upstream}"\ninput_price = {inp}\noutput_price = {out}\n{extra}')
-    text += ('\n[[models]]\nid = "standin-down"\nbackend = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
-             'connect_timeout = 1.0\n')
+        text += (
+            f'\n[[models]]\nid = "{model_id}"\nbackend = "openai"\nbase_url = "{base_url}"\n'
+            f'upstream_model = "{upstream}"\ninput_price = {inp}\noutput_price = {out}\n{extra}'
+        )
+    text += (
+        '\n[[models]]\nid = "standin-down"\nbackend = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+        "connect_timeout = 1.0\n"
+    )
     return text
 
 

@@ -36,16 +36,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         platform = Platform(settings)
         await platform.start()
         app.state.platform = platform
-        log.info("infergate %s ready: %d models, data in %s", __version__, len(platform.catalog), settings.data_dir)
+        log.info(
+            "infergate %s ready: %d models, data in %s", __version__, len(platform.catalog), settings.data_dir
+        )
         try:
             yield
         finally:
             await platform.close()  # after the server drained in-flight requests: flush the ledger
             log.info("infergate stopped; ledger flushed")
 
-    app = FastAPI(title="infergate", version=__version__, lifespan=lifespan,
-                  exception_handlers=exception_handlers(),
-                  description="Self-hosted serverless inference, compatible with DigitalOcean Gradient and OpenAI.")
+    app = FastAPI(
+        title="infergate",
+        version=__version__,
+        lifespan=lifespan,
+        exception_handlers=exception_handlers(),
+        description="Self-hosted serverless inference, compatible with DigitalOcean Gradient and OpenAI.",
+    )
     app.include_router(inference_router(), prefix="/v1")
     # The gradient SDK with base_url sends inference calls without /v1: serve both spellings.
     app.include_router(inference_router(), include_in_schema=False)
@@ -54,7 +60,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(usage.router)
     app.include_router(health.router)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["x-request-id"], max_age=600)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["x-request-id"],
+            max_age=600,
+        )
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

@@ -87,8 +87,10 @@ class KeyCache:
                         self._unknown.popitem(last=False)
             if record is not None:
                 return record
-        raise AuthenticationFailed("Incorrect API key provided. Create a model access key and send it as "
-                                   "'Authorization: Bearer <key>'.")
+        raise AuthenticationFailed(
+            "Incorrect API key provided. Create a model access key and send it as "
+            "'Authorization: Bearer <key>'."
+        )
 
     async def changed(self) -> None:
         """Called after this process changed a key: drop the cache here, tell everyone else."""
@@ -134,12 +136,16 @@ class KeyCache:
 
 def parse_bearer(authorization: str | None) -> str:
     if not authorization:
-        raise AuthenticationFailed("Missing bearer authentication in header: send 'Authorization: Bearer <key>'.",
-                                   code="missing_api_key")
+        raise AuthenticationFailed(
+            "Missing bearer authentication in header: send 'Authorization: Bearer <key>'.",
+            code="missing_api_key",
+        )
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
-        raise AuthenticationFailed("Authorization header must be 'Bearer <key>'.", code="invalid_authorization")
+        raise AuthenticationFailed(
+            "Authorization header must be 'Bearer <key>'.", code="invalid_authorization"
+        )
     return token
 
 
@@ -147,5 +153,6 @@ def check_admin(authorization: str | None, admin_token: str | None) -> None:
     """The management API (/v2) takes the admin token; without one configured, it is closed."""
     token = parse_bearer(authorization)
     if not admin_token or not secrets.compare_digest(token.encode(), admin_token.encode()):
-        raise AuthenticationFailed("Unable to authenticate you: the management API needs INFERGATE_ADMIN_TOKEN.",
-                                   code="unauthorized")
+        raise AuthenticationFailed(
+            "Unable to authenticate you: the management API needs INFERGATE_ADMIN_TOKEN.", code="unauthorized"
+        )

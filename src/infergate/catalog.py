@@ -81,8 +81,14 @@ class ModelSpec(BaseModel):
         if explicit is not None:
             price = Decimal(str(explicit))
         else:
-            price = base * {"cache_write_5m": Decimal("1.25"), "cache_write_1h": Decimal(2),
-                            "cache_read": Decimal("0.1")}[which]
+            price = (
+                base
+                * {
+                    "cache_write_5m": Decimal("1.25"),
+                    "cache_write_1h": Decimal(2),
+                    "cache_read": Decimal("0.1"),
+                }[which]
+            )
         return int((price * 1000).to_integral_value())
 
 
@@ -102,9 +108,19 @@ def builtin_models(data_dir: Path) -> list[ModelSpec]:
     local = data_dir / "models" / SMOLLM2_FILE
     path = str(local) if local.exists() else packaged_smollm2_path()
     return [
-        ModelSpec(id=SMOLLM2_ID, kind="chat", backend="llama_cpp", path=path, name="SmolLM2 135M Instruct",
-                  owned_by="huggingfacetb", input_price=0.0, output_price=0.0),
-        ModelSpec(id="espeak-tts", kind="tts", backend="espeak", name="eSpeak NG speech", owned_by="espeak-ng"),
+        ModelSpec(
+            id=SMOLLM2_ID,
+            kind="chat",
+            backend="llama_cpp",
+            path=path,
+            name="SmolLM2 135M Instruct",
+            owned_by="huggingfacetb",
+            input_price=0.0,
+            output_price=0.0,
+        ),
+        ModelSpec(
+            id="espeak-tts", kind="tts", backend="espeak", name="eSpeak NG speech", owned_by="espeak-ng"
+        ),
     ]
 
 
@@ -143,7 +159,9 @@ class Catalog:
                 raise CatalogError(f"catalog {config_path}: invalid TOML: {exc}") from exc
         unknown = set(raw) - {"models", "builtins"}
         if unknown:
-            raise CatalogError(f"catalog {config_path}: unknown top-level key(s): {', '.join(sorted(unknown))}")
+            raise CatalogError(
+                f"catalog {config_path}: unknown top-level key(s): {', '.join(sorted(unknown))}"
+            )
         use_builtins = raw.get("builtins", True)
         if not isinstance(use_builtins, bool):
             raise CatalogError(f"catalog {config_path}: 'builtins' must be true or false")
@@ -165,8 +183,9 @@ class Catalog:
             if spec.id in seen:
                 raise CatalogError(f"{label}: field 'id': duplicate id '{spec.id}'")
             if spec.api_key_env and spec.api_key_env not in os.environ:
-                raise CatalogError(f"{label}: field 'api_key_env': environment variable "
-                                   f"{spec.api_key_env} is not set")
+                raise CatalogError(
+                    f"{label}: field 'api_key_env': environment variable {spec.api_key_env} is not set"
+                )
             seen.add(spec.id)
             models[spec.id] = spec
         return cls(list(models.values()))

@@ -45,11 +45,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("infergate: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
     if not settings.admin_token:
-        print("infergate: INFERGATE_ADMIN_TOKEN is not set: the management API (/v2) stays closed; "
-              "use `infergate keys create NAME` to make keys", file=sys.stderr)
+        print(
+            "infergate: INFERGATE_ADMIN_TOKEN is not set: the management API (/v2) stays closed; "
+            "use `infergate keys create NAME` to make keys",
+            file=sys.stderr,
+        )
     scheme = "https" if args.tls_cert else "http"
-    print(f"infergate: serving {len(catalog)} models on {scheme}://{args.host}:{args.port} "
-          f"({args.server}, {args.workers} worker(s))", file=sys.stderr)
+    print(
+        f"infergate: serving {len(catalog)} models on {scheme}://{args.host}:{args.port} "
+        f"({args.server}, {args.workers} worker(s))",
+        file=sys.stderr,
+    )
     run(args.host, args.port, args.server, args.workers, args.tls_cert, args.tls_key)
     return 0
 

@@ -37,7 +37,9 @@ class Settings:
         data_dir = Path(os.environ.get("INFERGATE_DATA_DIR") or "./data").expanduser().resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         db_url = os.environ.get("INFERGATE_DATABASE_URL") or f"sqlite:///{data_dir / 'infergate.db'}"
-        origins = tuple(o.strip() for o in os.environ.get("INFERGATE_CORS_ORIGINS", "").split(",") if o.strip())
+        origins = tuple(
+            o.strip() for o in os.environ.get("INFERGATE_CORS_ORIGINS", "").split(",") if o.strip()
+        )
         return cls(
             data_dir=data_dir,
             database_url=normalize_database_url(db_url),
@@ -57,7 +59,7 @@ class Settings:
 def normalize_database_url(url: str) -> str:
     """`postgresql://` means psycopg 3 here (the driver we ship), not psycopg2."""
     if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://"):]
+        url = "postgresql://" + url[len("postgres://") :]
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return url

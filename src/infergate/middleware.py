@@ -79,12 +79,27 @@ class GatewayMiddleware:
         self._finish(scope, start, status_holder[0] or 413, request_id)
 
     async def _reject(self, scope: Scope, send: Send, request_id: str) -> None:
-        body = error_payload(413, {"message": f"Request body exceeds the limit of {self.max_body} bytes.",
-                                   "type": "invalid_request_error", "param": None, "code": "request_too_large"},
-                             request_id, scope["path"])
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+        body = error_payload(
+            413,
+            {
+                "message": f"Request body exceeds the limit of {self.max_body} bytes.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "request_too_large",
+            },
+            request_id,
+            scope["path"],
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     def _finish(self, scope: Scope, start: float, status: int, request_id: str) -> None:
@@ -96,6 +111,15 @@ class GatewayMiddleware:
         if scope["path"] in PASSTHROUGH_PATHS:
             return
         state = scope.get("state", {})
-        log_access({"request_id": request_id, "method": scope["method"], "path": scope["path"], "status": status,
-                    "latency_ms": round(elapsed * 1000, 3), "key": state.get("key_uuid"),
-                    "model": state.get("model"), "client": (scope.get("client") or ("", 0))[0]})
+        log_access(
+            {
+                "request_id": request_id,
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "latency_ms": round(elapsed * 1000, 3),
+                "key": state.get("key_uuid"),
+                "model": state.get("model"),
+                "client": (scope.get("client") or ("", 0))[0],
+            }
+        )

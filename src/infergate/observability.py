@@ -11,14 +11,20 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
-REQUESTS = Counter("infergate_requests_total", "HTTP requests answered", ["route", "method", "status"],
-                   registry=REGISTRY)
-LATENCY = Histogram("infergate_request_duration_seconds", "Time to the last byte of the answer", ["route"],
-                    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
-                             30, 60, 120), registry=REGISTRY)
+REQUESTS = Counter(
+    "infergate_requests_total", "HTTP requests answered", ["route", "method", "status"], registry=REGISTRY
+)
+LATENCY = Histogram(
+    "infergate_request_duration_seconds",
+    "Time to the last byte of the answer",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+    registry=REGISTRY,
+)
 TOKENS = Counter("infergate_tokens_total", "Tokens billed", ["model", "type"], registry=REGISTRY)
-UPSTREAM_ERRORS = Counter("infergate_upstream_errors_total", "Failures of model backends", ["model", "kind"],
-                          registry=REGISTRY)
+UPSTREAM_ERRORS = Counter(
+    "infergate_upstream_errors_total", "Failures of model backends", ["model", "kind"], registry=REGISTRY
+)
 LEDGER_PENDING = Counter("infergate_ledger_rows_total", "Ledger rows recorded", registry=REGISTRY)
 
 

@@ -34,8 +34,11 @@ class Platform:
         self.keys = KeyRepository(self.db)
         self.key_cache = KeyCache(self.keys, RevocationEpoch(settings.data_dir))
         self.ledger_repo = LedgerRepository(self.db)
-        self.ledger = LedgerWriter(self.ledger_repo.insert, settings.data_dir / "ledger-spill.jsonl",
-                                   flush_interval=settings.ledger_flush_ms / 1000)
+        self.ledger = LedgerWriter(
+            self.ledger_repo.insert,
+            settings.data_dir / "ledger-spill.jsonl",
+            flush_interval=settings.ledger_flush_ms / 1000,
+        )
         self.engines: dict[str, Engine] = {}
         self.engine_errors: dict[str, str] = {}
         self.draining = False
@@ -67,24 +70,51 @@ class Platform:
     def chat_engine(self, model_id: str) -> tuple[ModelSpec, ChatEngine]:
         spec = self.catalog.get(model_id)
         if spec is None:
-            raise NotFound(f"The model '{model_id}' does not exist; GET /v1/models lists the available ones.",
-                           param="model", code="model_not_found")
+            raise NotFound(
+                f"The model '{model_id}' does not exist; GET /v1/models lists the available ones.",
+                param="model",
+                code="model_not_found",
+            )
         if spec.kind != "chat":
-            raise InvalidRequest(f"The model '{model_id}' is a {spec.kind} model, not a chat model.",
-                                 param="model", code="model_not_supported")
+            raise InvalidRequest(
+                f"The model '{model_id}' is a {spec.kind} model, not a chat model.",
+                param="model",
+                code="model_not_supported",
+            )
         engine = self.engines.get(model_id)
         if engine is None:
-            raise Unavailable(f"The model '{model_id}' cannot serve: {self.engine_errors.get(model_id)}",
-                              code="model_unavailable")
+            raise Unavailable(
+                f"The model '{model_id}' cannot serve: {self.engine_errors.get(model_id)}",
+                code="model_unavailable",
+            )
         assert isinstance(engine, ChatEngine)
         return spec, engine
 
-    def bill(self, *, spec: ModelSpec, request_id: str, key_uuid: str | None, endpoint: str,
-             usage: Usage, status: int, started: float) -> None:
+    def bill(
+        self,
+        *,
+        spec: ModelSpec,
+        request_id: str,
+        key_uuid: str | None,
+        endpoint: str,
+        usage: Usage,
+        status: int,
+        started: float,
+    ) -> None:
         cost = usage.cost_nano_usd(spec) if status < 400 or usage.total_tokens else 0
-        self.ledger.record(LedgerEntry(request_id=request_id, key_uuid=key_uuid, model=spec.id, endpoint=endpoint,
-                                       usage=usage, cost_nano_usd=cost, status=status,
-                                       latency_ms=(time.perf_counter() - started) * 1000, created_ms=now_ms()))
+        self.ledger.record(
+            LedgerEntry(
+                request_id=request_id,
+                key_uuid=key_uuid,
+                model=spec.id,
+                endpoint=endpoint,
+                usage=usage,
+                cost_nano_usd=cost,
+                status=status,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                created_ms=now_ms(),
+            )
+        )
         LEDGER_PENDING.inc()
         if usage.input_tokens:
             TOKENS.labels(spec.id, "input").inc(usage.input_tokens)

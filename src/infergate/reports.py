@@ -10,8 +10,17 @@ from infergate.errors import InvalidRequest
 from infergate.storage.ledger import GroupBy, LedgerRepository
 
 GROUPS = ("key", "model", "day")
-COUNTS = ("requests", "failed_requests", "estimated_requests", "input_tokens", "output_tokens",
-          "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "cost_nano_usd")
+COUNTS = (
+    "requests",
+    "failed_requests",
+    "estimated_requests",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "cost_nano_usd",
+)
 
 
 def parse_time(value: str | None, default_ms: int, name: str) -> int:
@@ -25,8 +34,9 @@ def parse_time(value: str | None, default_ms: int, name: str) -> int:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidRequest(f"{name}: expected an ISO 8601 time or epoch seconds, got {value!r}",
-                             param=name) from None
+        raise InvalidRequest(
+            f"{name}: expected an ISO 8601 time or epoch seconds, got {value!r}", param=name
+        ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp() * 1000)
@@ -57,26 +67,61 @@ def build_report(repo: LedgerRepository, start: str | None, end: str | None, gro
             row["group"] = iso_ms(row["group"])[:10]
         _money(row)
     totals: dict[str, Any] = {"group": None, **{k: sum(r[k] for r in rows) for k in COUNTS}}
-    return {"start": iso_ms(start_ms), "end": iso_ms(end_ms), "group_by": group_by, "usage": rows,
-            "totals": _money(totals)}
+    return {
+        "start": iso_ms(start_ms),
+        "end": iso_ms(end_ms),
+        "group_by": group_by,
+        "usage": rows,
+        "totals": _money(totals),
+    }
 
 
 def render_table(report: dict[str, Any]) -> str:
     """Plain text table for the CLI."""
-    head = [report["group_by"], "requests", "failed", "input", "output", "cache read", "cache write",
-            "cost USD", "estimated"]
-    lines = [[str(r.get("key_name") or r["group"]) if report["group_by"] == "key" else str(r["group"]),
-              str(r["requests"]), str(r["failed_requests"]), str(r["input_tokens"]), str(r["output_tokens"]),
-              str(r["cache_read_tokens"]), str(r["cache_write_5m_tokens"] + r["cache_write_1h_tokens"]),
-              f"{r['cost_usd']:.6f}", str(r["estimated_requests"])] for r in report["usage"]]
+    head = [
+        report["group_by"],
+        "requests",
+        "failed",
+        "input",
+        "output",
+        "cache read",
+        "cache write",
+        "cost USD",
+        "estimated",
+    ]
+    lines = [
+        [
+            str(r.get("key_name") or r["group"]) if report["group_by"] == "key" else str(r["group"]),
+            str(r["requests"]),
+            str(r["failed_requests"]),
+            str(r["input_tokens"]),
+            str(r["output_tokens"]),
+            str(r["cache_read_tokens"]),
+            str(r["cache_write_5m_tokens"] + r["cache_write_1h_tokens"]),
+            f"{r['cost_usd']:.6f}",
+            str(r["estimated_requests"]),
+        ]
+        for r in report["usage"]
+    ]
     t = report["totals"]
-    lines.append(["TOTAL", str(t["requests"]), str(t["failed_requests"]), str(t["input_tokens"]),
-                  str(t["output_tokens"]), str(t["cache_read_tokens"]),
-                  str(t["cache_write_5m_tokens"] + t["cache_write_1h_tokens"]), f"{t['cost_usd']:.6f}",
-                  str(t["estimated_requests"])])
+    lines.append(
+        [
+            "TOTAL",
+            str(t["requests"]),
+            str(t["failed_requests"]),
+            str(t["input_tokens"]),
+            str(t["output_tokens"]),
+            str(t["cache_read_tokens"]),
+            str(t["cache_write_5m_tokens"] + t["cache_write_1h_tokens"]),
+            f"{t['cost_usd']:.6f}",
+            str(t["estimated_requests"]),
+        ]
+    )
     widths = [max(len(head[i]), *(len(row[i]) for row in lines)) for i in range(len(head))]
-    out = [f"usage {report['start']} .. {report['end']}",
-           "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)),
-           "  ".join("-" * w for w in widths)]
+    out = [
+        f"usage {report['start']} .. {report['end']}",
+        "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)),
+        "  ".join("-" * w for w in widths),
+    ]
     out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in lines]
     return "\n".join(out)

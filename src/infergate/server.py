@@ -26,15 +26,38 @@ def _granian(host: str, port: int, workers: int, tls_cert: str | None, tls_key: 
     from granian import Granian
     from granian.constants import Interfaces, Loops
 
-    Granian(APP_FACTORY, factory=True, address=host, port=port, interface=Interfaces.ASGI, workers=workers,
-            loop=Loops.uvloop, log_access=False, backlog=2048,
-            ssl_cert=Path(tls_cert) if tls_cert else None, ssl_key=Path(tls_key) if tls_key else None,
-            workers_kill_timeout=GRACE_SECONDS).serve()
+    Granian(
+        APP_FACTORY,
+        factory=True,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        loop=Loops.uvloop,
+        log_access=False,
+        backlog=2048,
+        ssl_cert=Path(tls_cert) if tls_cert else None,
+        ssl_key=Path(tls_key) if tls_key else None,
+        workers_kill_timeout=GRACE_SECONDS,
+    ).serve()
 
 
 def _uvicorn(host: str, port: int, workers: int, tls_cert: str | None, tls_key: str | None) -> None:
     import uvicorn
 
-    uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, workers=workers, loop="uvloop",
-                http="httptools", lifespan="on", access_log=False, timeout_graceful_shutdown=GRACE_SECONDS,
-                ssl_certfile=tls_cert, ssl_keyfile=tls_key, backlog=2048, log_level="info")
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=GRACE_SECONDS,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+        backlog=2048,
+        log_level="info",
+    )

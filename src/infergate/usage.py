@@ -48,29 +48,40 @@ class Usage:
         return self.input_tokens + self.output_tokens
 
     def cost_nano_usd(self, spec: ModelSpec) -> int:
-        return (self.uncached_input_tokens * spec.price_nano("input")
-                + self.output_tokens * spec.price_nano("output")
-                + self.cache_read_tokens * spec.price_nano("cache_read")
-                + self.cache_write_5m_tokens * spec.price_nano("cache_write_5m")
-                + self.cache_write_1h_tokens * spec.price_nano("cache_write_1h"))
+        return (
+            self.uncached_input_tokens * spec.price_nano("input")
+            + self.output_tokens * spec.price_nano("output")
+            + self.cache_read_tokens * spec.price_nano("cache_read")
+            + self.cache_write_5m_tokens * spec.price_nano("cache_write_5m")
+            + self.cache_write_1h_tokens * spec.price_nano("cache_write_1h")
+        )
 
     def to_chat(self) -> dict[str, Any]:
         """The chat.completion `usage` object (the seed's shape when cache_control was used)."""
         out: dict[str, Any] = dict(self.extra)
         if self.cache_control:
             written = self.cache_write_5m_tokens + self.cache_write_1h_tokens
-            out.update({
-                "prompt_tokens": self.uncached_input_tokens,
-                "completion_tokens": self.output_tokens,
-                "total_tokens": self.uncached_input_tokens + self.output_tokens,
-                "cache_created_input_tokens": written,
-                "cache_creation": {"ephemeral_5m_input_tokens": self.cache_write_5m_tokens,
-                                   "ephemeral_1h_input_tokens": self.cache_write_1h_tokens},
-                "cache_read_input_tokens": self.cache_read_tokens,
-            })
+            out.update(
+                {
+                    "prompt_tokens": self.uncached_input_tokens,
+                    "completion_tokens": self.output_tokens,
+                    "total_tokens": self.uncached_input_tokens + self.output_tokens,
+                    "cache_created_input_tokens": written,
+                    "cache_creation": {
+                        "ephemeral_5m_input_tokens": self.cache_write_5m_tokens,
+                        "ephemeral_1h_input_tokens": self.cache_write_1h_tokens,
+                    },
+                    "cache_read_input_tokens": self.cache_read_tokens,
+                }
+            )
         else:
-            out.update({"prompt_tokens": self.input_tokens, "completion_tokens": self.output_tokens,
-                        "total_tokens": self.total_tokens})
+            out.update(
+                {
+                    "prompt_tokens": self.input_tokens,
+                    "completion_tokens": self.output_tokens,
+                    "total_tokens": self.total_tokens,
+                }
+            )
             if self.cache_read_tokens or "prompt_tokens_details" in out:
                 details = dict(out.get("prompt_tokens_details") or {})
                 details["cached_tokens"] = self.cache_read_tokens
@@ -94,15 +105,25 @@ class Usage:
         created = _int(raw.get("cache_created_input_tokens", raw.get("cache_creation_input_tokens"))) or 0
         if created and not (w5 or w1):
             w5 = created
-        anthropic_style = "cache_read_input_tokens" in raw or "cache_creation_input_tokens" in raw or \
-            "cache_created_input_tokens" in raw
+        anthropic_style = (
+            "cache_read_input_tokens" in raw
+            or "cache_creation_input_tokens" in raw
+            or "cache_created_input_tokens" in raw
+        )
         if anthropic_style:  # there prompt_tokens excludes cached tokens; ours counts them all
             prompt += read + w5 + w1
         extra = {k: v for k, v in raw.items() if k == "completion_tokens_details" and isinstance(v, dict)}
         reasoning = _int((raw.get("completion_tokens_details") or {}).get("reasoning_tokens")) or 0
-        return cls(input_tokens=prompt, output_tokens=completion, cache_read_tokens=read,
-                   cache_write_5m_tokens=w5, cache_write_1h_tokens=w1, reasoning_tokens=reasoning,
-                   cache_control=anthropic_style and bool(w5 or w1 or read), extra=extra)
+        return cls(
+            input_tokens=prompt,
+            output_tokens=completion,
+            cache_read_tokens=read,
+            cache_write_5m_tokens=w5,
+            cache_write_1h_tokens=w1,
+            reasoning_tokens=reasoning,
+            cache_control=anthropic_style and bool(w5 or w1 or read),
+            extra=extra,
+        )
 
 
 def _int(value: Any) -> int | None:
@@ -123,13 +144,22 @@ class LedgerEntry:
 
     def row(self) -> dict[str, Any]:
         u = self.usage
-        return {"request_id": self.request_id, "key_uuid": self.key_uuid, "model": self.model,
-                "endpoint": self.endpoint, "input_tokens": u.uncached_input_tokens,
-                "output_tokens": u.output_tokens, "cache_read_tokens": u.cache_read_tokens,
-                "cache_write_5m_tokens": u.cache_write_5m_tokens,
-                "cache_write_1h_tokens": u.cache_write_1h_tokens, "cost_nano_usd": self.cost_nano_usd,
-                "status": self.status, "latency_ms": round(self.latency_ms, 3), "estimated": u.estimated,
-                "created_ms": self.created_ms}
+        return {
+            "request_id": self.request_id,
+            "key_uuid": self.key_uuid,
+            "model": self.model,
+            "endpoint": self.endpoint,
+            "input_tokens": u.uncached_input_tokens,
+            "output_tokens": u.output_tokens,
+            "cache_read_tokens": u.cache_read_tokens,
+            "cache_write_5m_tokens": u.cache_write_5m_tokens,
+            "cache_write_1h_tokens": u.cache_write_1h_tokens,
+            "cost_nano_usd": self.cost_nano_usd,
+            "status": self.status,
+            "latency_ms": round(self.latency_ms, 3),
+            "estimated": u.estimated,
+            "created_ms": self.created_ms,
+        }
 
 
 class LedgerWriter:
@@ -140,8 +170,13 @@ class LedgerWriter:
     data dir, replayed on the next start.
     """
 
-    def __init__(self, write_rows: Callable[[list[dict[str, Any]]], None], spill_path: Path,
-                 flush_interval: float = 0.2, max_batch: int = 2000) -> None:
+    def __init__(
+        self,
+        write_rows: Callable[[list[dict[str, Any]]], None],
+        spill_path: Path,
+        flush_interval: float = 0.2,
+        max_batch: int = 2000,
+    ) -> None:
         self._write_rows = write_rows
         self._spill_path = spill_path
         self._interval = flush_interval
@@ -170,7 +205,7 @@ class LedgerWriter:
     async def flush(self) -> None:
         async with self._lock:
             while self._pending:
-                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch:]
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
                 try:
                     await asyncio.to_thread(self._write_rows, batch)
                 except Exception as exc:
@@ -192,7 +227,9 @@ class LedgerWriter:
         with self._spill_path.open("ab") as fh:
             for row in rows:
                 fh.write(orjson.dumps(row) + b"\n")
-        log.error("database unreachable at shutdown: %d ledger rows spilled to %s", len(rows), self._spill_path)
+        log.error(
+            "database unreachable at shutdown: %d ledger rows spilled to %s", len(rows), self._spill_path
+        )
 
     def _replay_spill(self) -> None:
         if not self._spill_path.exists():

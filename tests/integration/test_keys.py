@@ -10,8 +10,11 @@ from tests.support.server import ServerProcess
 
 
 def chat_status(server: ServerProcess, secret: str) -> int:
-    r = httpx.post(f"{server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
-                   json={"model": "standin", "messages": [{"role": "user", "content": "hi"}]})
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {secret}"},
+        json={"model": "standin", "messages": [{"role": "user", "content": "hi"}]},
+    )
     return r.status_code
 
 
@@ -28,8 +31,9 @@ def test_api_lifecycle(server: ServerProcess) -> None:
     assert mine and mine[0]["secret_key"] is None  # the secret is shown once, never again
     assert listing["meta"]["total"] >= 1 and "pages" in listing["links"]
 
-    renamed = httpx.put(f"{api}/{key_uuid}", json={"api_key_uuid": key_uuid, "name": "renamed"},
-                        headers=server.admin()).json()["api_key_info"]
+    renamed = httpx.put(
+        f"{api}/{key_uuid}", json={"api_key_uuid": key_uuid, "name": "renamed"}, headers=server.admin()
+    ).json()["api_key_info"]
     assert renamed["name"] == "renamed" and renamed["secret_key"] is None
     assert chat_status(server, secret) == 200  # renaming keeps the secret valid
 
@@ -55,7 +59,9 @@ def test_pagination(server: ServerProcess) -> None:
     assert first["meta"]["pages"] == -(-first["meta"]["total"] // 2)
     assert first["links"]["pages"]["previous"] is None and "page=2" in first["links"]["pages"]["next"]
     second = httpx.get(first["links"]["pages"]["next"], headers=server.admin()).json()
-    assert {k["uuid"] for k in second["api_key_infos"]}.isdisjoint({k["uuid"] for k in first["api_key_infos"]})
+    assert {k["uuid"] for k in second["api_key_infos"]}.isdisjoint(
+        {k["uuid"] for k in first["api_key_infos"]}
+    )
 
 
 def test_management_needs_admin_token(server: ServerProcess, key: str) -> None:

@@ -20,13 +20,21 @@ def usage_report(server: ServerProcess, group_by: str = "model") -> dict:
 async def _one(client: openai.AsyncOpenAI, i: int, stream: bool) -> tuple[int, int]:
     messages = [{"role": "user", "content": "x" * (i * 8) + " what is the capital of France?"}]
     if stream:
-        chunks = [c async for c in await client.chat.completions.create(
-            model="standin", messages=messages, max_tokens=1 + i % 7, stream=True,
-            stream_options={"include_usage": True})]
+        chunks = [
+            c
+            async for c in await client.chat.completions.create(
+                model="standin",
+                messages=messages,
+                max_tokens=1 + i % 7,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        ]
         usage = chunks[-1].usage
     else:
-        usage = (await client.chat.completions.create(model="standin", messages=messages,
-                                                      max_tokens=1 + i % 7)).usage
+        usage = (
+            await client.chat.completions.create(model="standin", messages=messages, max_tokens=1 + i % 7)
+        ).usage
     return usage.prompt_tokens, usage.completion_tokens
 
 
@@ -35,8 +43,9 @@ def test_ledger_matches_client_usage_under_concurrency(fresh_server: ServerProce
     key = server.create_key("ledger")
 
     async def run() -> list[tuple[int, int]]:
-        async with openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=key["secret_key"],
-                                      max_retries=0) as client:
+        async with openai.AsyncOpenAI(
+            base_url=f"{server.url}/v1", api_key=key["secret_key"], max_retries=0
+        ) as client:
             return await asyncio.gather(*(_one(client, i, stream=i % 2 == 0) for i in range(32)))
 
     results = asyncio.run(run())
@@ -57,7 +66,9 @@ def test_cli_usage_table(fresh_server: ServerProcess) -> None:
     server = fresh_server.start()
     secret = server.create_key("cli-usage")["secret_key"]
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=secret, max_retries=0)
-    usage = client.chat.completions.create(model="standin", messages=[{"role": "user", "content": "hi"}]).usage
+    usage = client.chat.completions.create(
+        model="standin", messages=[{"role": "user", "content": "hi"}]
+    ).usage
     usage_report(server)  # forces a flush
     table = server.cli("usage", "--group-by", "model").stdout
     line = next(ln for ln in table.splitlines() if ln.startswith("standin"))
@@ -67,13 +78,22 @@ def test_cli_usage_table(fresh_server: ServerProcess) -> None:
 
 def test_stream_without_upstream_usage_is_counted_and_marked_estimated(fresh_server: ServerProcess) -> None:
     server = fresh_server.start()
-    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.create_key()["secret_key"], max_retries=0)
-    chunks = list(client.chat.completions.create(
-        model="standin-nousage", messages=[{"role": "user", "content": "What is the capital of France?"}],
-        stream=True, stream_options={"include_usage": True}))
+    client = openai.OpenAI(
+        base_url=f"{server.url}/v1", api_key=server.create_key()["secret_key"], max_retries=0
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model="standin-nousage",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     usage = chunks[-1].usage
     assert usage.completion_tokens > 0 and usage.prompt_tokens > 0
-    resp = client.chat.completions.create(model="standin-nousage", messages=[{"role": "user", "content": "hi"}])
+    resp = client.chat.completions.create(
+        model="standin-nousage", messages=[{"role": "user", "content": "hi"}]
+    )
     assert resp.usage.completion_tokens > 0
     row = next(r for r in usage_report(server)["usage"] if r["group"] == "standin-nousage")
     assert row["estimated_requests"] == 2
@@ -88,12 +108,15 @@ def test_shutdown_drains_in_flight_and_flushes_ledger(fresh_server: ServerProces
 
     async def run() -> list[int]:
         async with httpx.AsyncClient(timeout=30) as client:
+
             async def slow() -> int:
-                r = await client.post(f"{server.url}/v1/chat/completions",
-                                      headers={"Authorization": f"Bearer {secret}"},
-                                      json={"model": "standin-slow-ok", "messages": [{"role": "user",
-                                                                                       "content": "hi"}]})
+                r = await client.post(
+                    f"{server.url}/v1/chat/completions",
+                    headers={"Authorization": f"Bearer {secret}"},
+                    json={"model": "standin-slow-ok", "messages": [{"role": "user", "content": "hi"}]},
+                )
                 return r.status_code
+
             tasks = [asyncio.create_task(slow()) for _ in range(3)]
             await asyncio.sleep(0.5)  # requests are in flight at the upstream
             stopper = asyncio.get_running_loop().run_in_executor(None, server.stop)

@@ -8,8 +8,10 @@ import pytest
 
 from tests.support.server import ServerProcess
 
-MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "What is the capital of France?"}]
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
 
 
 @pytest.fixture
@@ -36,8 +38,9 @@ def test_openai_chat(oai: openai.OpenAI) -> None:
 
 
 def test_openai_chat_stream_with_usage(oai: openai.OpenAI) -> None:
-    stream = oai.chat.completions.create(model="standin", messages=MESSAGES, stream=True,
-                                         stream_options={"include_usage": True})
+    stream = oai.chat.completions.create(
+        model="standin", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Paris is the capital of France."
@@ -66,8 +69,10 @@ def test_gradient_chat(grad: gradient.Gradient) -> None:
 
 def test_gradient_chat_stream(grad: gradient.Gradient) -> None:
     stream = grad.chat.completions.create(model="standin", messages=MESSAGES, stream=True)
-    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == \
-        "Paris is the capital of France."
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        == "Paris is the capital of France."
+    )
 
 
 def test_openai_sdk_error_shape(oai: openai.OpenAI) -> None:

@@ -13,8 +13,13 @@ from tests.support.upstream import StandInUpstream
 
 
 def post(server: ServerProcess, key: str, body: dict, **kw: object) -> httpx.Response:
-    return httpx.post(f"{server.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=body,
-                      timeout=30, **kw)
+    return httpx.post(
+        f"{server.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json=body,
+        timeout=30,
+        **kw,
+    )
 
 
 def test_every_parameter_is_forwarded(server: ServerProcess, key: str, upstream: StandInUpstream) -> None:
@@ -23,19 +28,45 @@ def test_every_parameter_is_forwarded(server: ServerProcess, key: str, upstream:
         "messages": [
             {"role": "system", "content": "sys"},
             {"role": "developer", "content": [{"type": "text", "text": "dev"}]},
-            {"role": "user", "content": [{"type": "text", "text": "hi"},
-                                         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]},
-            {"role": "assistant", "content": None,
-             "tool_calls": [{"id": "call_1", "type": "function",
-                             "function": {"name": "f", "arguments": "{}"}}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "hi"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
             {"role": "tool", "tool_call_id": "call_1", "content": "42"},
         ],
-        "temperature": 0.5, "max_tokens": 3, "max_completion_tokens": 3, "top_p": 0.9, "stop": ["\n", "END"],
-        "seed": 7, "n": 2, "tools": [{"type": "function", "function": {"name": "f", "parameters": {
-            "type": "object", "properties": {}}}}], "tool_choice": "auto",
-        "response_format": {"type": "json_object"}, "logprobs": True, "top_logprobs": 2, "user": "u-1",
-        "presence_penalty": 0.1, "frequency_penalty": 0.2, "logit_bias": {"42": 1.0},
-        "parallel_tool_calls": False, "some_vendor_extension": {"x": 1},
+        "temperature": 0.5,
+        "max_tokens": 3,
+        "max_completion_tokens": 3,
+        "top_p": 0.9,
+        "stop": ["\n", "END"],
+        "seed": 7,
+        "n": 2,
+        "tools": [
+            {
+                "type": "function",
+                "function": {"name": "f", "parameters": {"type": "object", "properties": {}}},
+            }
+        ],
+        "tool_choice": "auto",
+        "response_format": {"type": "json_object"},
+        "logprobs": True,
+        "top_logprobs": 2,
+        "user": "u-1",
+        "presence_penalty": 0.1,
+        "frequency_penalty": 0.2,
+        "logit_bias": {"42": 1.0},
+        "parallel_tool_calls": False,
+        "some_vendor_extension": {"x": 1},
     }
     r = post(server, key, body)
     assert r.status_code == 200, r.text
@@ -53,20 +84,26 @@ def test_client_key_is_never_forwarded(server: ServerProcess, key: str, upstream
     assert key not in str(upstream.headers[-1])
 
 
-@pytest.mark.parametrize(("model", "status", "fragment"), [
-    ("standin-fail-500", 502, "stand-in failure 500"),
-    ("standin-fail-401", 502, "stand-in failure 401"),
-    ("standin-fail-503", 503, "stand-in failure 503"),
-    ("standin-fail-429", 429, "stand-in failure 429"),
-    ("standin-fail-400", 400, "stand-in failure 400"),
-    ("standin-badjson", 502, "upstream standin-badjson answered"),
-    ("standin-down", 503, "unreachable"),
-    ("standin-slow", 504, "did not answer within 1s"),
-])
-def test_upstream_failures_are_clear_errors(server: ServerProcess, key: str, model: str, status: int,
-                                            fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("model", "status", "fragment"),
+    [
+        ("standin-fail-500", 502, "stand-in failure 500"),
+        ("standin-fail-401", 502, "stand-in failure 401"),
+        ("standin-fail-503", 503, "stand-in failure 503"),
+        ("standin-fail-429", 429, "stand-in failure 429"),
+        ("standin-fail-400", 400, "stand-in failure 400"),
+        ("standin-badjson", 502, "upstream standin-badjson answered"),
+        ("standin-down", 503, "unreachable"),
+        ("standin-slow", 504, "did not answer within 1s"),
+    ],
+)
+def test_upstream_failures_are_clear_errors(
+    server: ServerProcess, key: str, model: str, status: int, fragment: str
+) -> None:
     for stream in (False, True):
-        r = post(server, key, {"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+        r = post(
+            server, key, {"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+        )
         assert r.status_code == status, r.text
         error = r.json()["error"]
         assert fragment in error["message"] and set(error) == {"message", "type", "param", "code"}
@@ -75,8 +112,11 @@ def test_upstream_failures_are_clear_errors(server: ServerProcess, key: str, mod
 
 
 def test_error_after_stream_started_is_an_sse_error_event(server: ServerProcess, key: str) -> None:
-    r = post(server, key, {"model": "standin-midstream-error", "stream": True,
-                           "messages": [{"role": "user", "content": "hi"}]})
+    r = post(
+        server,
+        key,
+        {"model": "standin-midstream-error", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert r.status_code == 200
     events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
@@ -85,16 +125,26 @@ def test_error_after_stream_started_is_an_sse_error_event(server: ServerProcess,
 
 def _send_and_vanish(server: ServerProcess, key: str, body: bytes) -> None:
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode()
-                     + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
-                     + b"\r\n\r\n" + body)
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + key.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
         time.sleep(0.6)  # the gateway is now waiting on the upstream
 
 
-def test_disconnect_cancels_upstream_stream(server: ServerProcess, key: str, upstream: StandInUpstream) -> None:
+def test_disconnect_cancels_upstream_stream(
+    server: ServerProcess, key: str, upstream: StandInUpstream
+) -> None:
     before = upstream.abandoned
-    _send_and_vanish(server, key, b'{"model":"standin-slowstream","stream":true,'
-                                  b'"messages":[{"role":"user","content":"hi"}]}')
+    _send_and_vanish(
+        server,
+        key,
+        b'{"model":"standin-slowstream","stream":true,"messages":[{"role":"user","content":"hi"}]}',
+    )
     deadline = time.time() + 5
     while upstream.abandoned == before and time.time() < deadline:
         time.sleep(0.05)
@@ -112,16 +162,21 @@ def test_disconnect_cancels_non_stream_request(server: ServerProcess, key: str) 
 
 
 def test_cached_tokens_are_mapped(server: ServerProcess, key: str) -> None:
-    usage = post(server, key, {"model": "standin-cached", "messages": [{"role": "user", "content": "hi"}]}
-                 ).json()["usage"]
+    usage = post(
+        server, key, {"model": "standin-cached", "messages": [{"role": "user", "content": "hi"}]}
+    ).json()["usage"]
     assert usage["prompt_tokens_details"]["cached_tokens"] == 8
-    usage = post(server, key, {"model": "standin-anthropic-cache",
-                               "messages": [{"role": "user", "content": "hi"}]}).json()["usage"]
+    usage = post(
+        server, key, {"model": "standin-anthropic-cache", "messages": [{"role": "user", "content": "hi"}]}
+    ).json()["usage"]
     assert usage["cache_read_input_tokens"] == 30 and usage["cache_created_input_tokens"] == 0
 
 
 def test_unprefixed_routes(server: ServerProcess, key: str) -> None:
-    r = httpx.post(f"{server.url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                   json={"model": "standin", "messages": [{"role": "user", "content": "hi"}]})
+    r = httpx.post(
+        f"{server.url}/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": "standin", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert r.status_code == 200
     assert httpx.get(f"{server.url}/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200

@@ -25,13 +25,23 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, catalog: str | None = None, env: dict[str, str] | None = None,
-                 args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        catalog: str | None = None,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.args = args or []
-        self.env = {**os.environ, "INFERGATE_DATA_DIR": str(data_dir), "INFERGATE_ADMIN_TOKEN": ADMIN_TOKEN,
-                    "INFERGATE_LEDGER_FLUSH_MS": "50", **(env or {})}
+        self.env = {
+            **os.environ,
+            "INFERGATE_DATA_DIR": str(data_dir),
+            "INFERGATE_ADMIN_TOKEN": ADMIN_TOKEN,
+            "INFERGATE_LEDGER_FLUSH_MS": "50",
+            **(env or {}),
+        }
         if catalog is not None:
             path = data_dir / "catalog.toml"
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -48,8 +58,12 @@ class ServerProcess:
     def start(self, wait_ready: bool = True, verify: Any = True) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([INFERGATE, "serve", "--port", str(self.port), *self.args], env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [INFERGATE, "serve", "--port", str(self.port), *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + 90
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -86,7 +100,8 @@ class ServerProcess:
         return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
     def create_key(self, name: str = "test") -> dict[str, Any]:
-        r = httpx.post(f"{self.url}/v2/gen-ai/models/api_keys", json={"name": name}, headers=self.admin(),
-                       verify=False)
+        r = httpx.post(
+            f"{self.url}/v2/gen-ai/models/api_keys", json={"name": name}, headers=self.admin(), verify=False
+        )
         r.raise_for_status()
         return r.json()["api_key_info"]

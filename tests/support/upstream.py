@@ -70,8 +70,12 @@ class StandInUpstream:
         self._loop.run_forever()
 
     async def _models(self, _: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "standin", "object": "model",
-                                                              "created": 0, "owned_by": "test"}]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": "standin", "object": "model", "created": 0, "owned_by": "test"}],
+            }
+        )
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -80,8 +84,11 @@ class StandInUpstream:
         model = body.get("model", "")
         if model.startswith("fail-"):
             status = int(model.split("-")[1])
-            return web.json_response({"error": {"message": f"stand-in failure {status}", "type": "test"}},
-                                     status=status, headers={"retry-after": "7"} if status == 429 else None)
+            return web.json_response(
+                {"error": {"message": f"stand-in failure {status}", "type": "test"}},
+                status=status,
+                headers={"retry-after": "7"} if status == 429 else None,
+            )
         if model == "badjson":
             return web.Response(text="<html>oops</html>", content_type="text/html")
         if model == "slow":
@@ -90,9 +97,19 @@ class StandInUpstream:
             return await self._stream(request, body, model)
         words = ANSWER_WORDS[: body.get("max_tokens") or len(ANSWER_WORDS)]
         answer: dict[str, Any] = {
-            "id": "chatcmpl-standin", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": "".join(words), "refusal": None},
-                         "logprobs": None, "finish_reason": "stop"} for i in range(body.get("n") or 1)],
+            "id": "chatcmpl-standin",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": "".join(words), "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+                for i in range(body.get("n") or 1)
+            ],
             "service_tier": None,
         }
         if model != "nousage":
@@ -112,10 +129,13 @@ class StandInUpstream:
         await response.prepare(request)
 
         def chunk(delta: dict[str, Any] | None, finish: str | None = None, usage: Any = None) -> bytes:
-            data: dict[str, Any] = {"id": "chatcmpl-standin", "object": "chat.completion.chunk",
-                                    "created": int(time.time()), "model": model,
-                                    "choices": [] if usage else [{"index": 0, "delta": delta,
-                                                                  "finish_reason": finish}]}
+            data: dict[str, Any] = {
+                "id": "chatcmpl-standin",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
             if usage:
                 data["usage"] = usage
             return b"data: " + json.dumps(data).encode() + b"\n\n"

@@ -28,12 +28,24 @@ router = APIRouter()
 ENDPOINT = "chat.completions"
 DONE = b"data: [DONE]\n\n"
 
-OPENAPI_BODY = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+OPENAPI_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            }
+        },
+    }
+}
 
 
-@router.post("/chat/completions", responses=INFERENCE_ERRORS, openapi_extra=OPENAPI_BODY,
-             summary="Create a chat completion (OpenAI compatible; SSE when stream is true)")
+@router.post(
+    "/chat/completions",
+    responses=INFERENCE_ERRORS,
+    openapi_extra=OPENAPI_BODY,
+    summary="Create a chat completion (OpenAI compatible; SSE when stream is true)",
+)
 async def create_chat_completion(request: Request) -> Response:
     started = time.perf_counter()
     key = await authenticate(request)
@@ -43,9 +55,16 @@ async def create_chat_completion(request: Request) -> Response:
     spec, engine = platform.chat_engine(params.model)
     request.scope["state"]["model"] = spec.id
     request_id = request_id_of(request)
-    chat = ChatRequest(params=params, body=body, context=RequestContext(request_id=request_id, key_uuid=key.uuid))
-    bill = {"spec": spec, "request_id": request_id, "key_uuid": key.uuid, "endpoint": ENDPOINT,
-            "started": started}
+    chat = ChatRequest(
+        params=params, body=body, context=RequestContext(request_id=request_id, key_uuid=key.uuid)
+    )
+    bill = {
+        "spec": spec,
+        "request_id": request_id,
+        "key_uuid": key.uuid,
+        "endpoint": ENDPOINT,
+        "started": started,
+    }
     if params.stream:
         return await _stream(request, platform, engine, chat, bill)
     try:
@@ -59,8 +78,9 @@ async def create_chat_completion(request: Request) -> Response:
     return json_response(payload)
 
 
-async def _stream(request: Request, platform: Platform, engine: ChatEngine, chat: ChatRequest,
-                  bill: dict[str, Any]) -> Response:
+async def _stream(
+    request: Request, platform: Platform, engine: ChatEngine, chat: ChatRequest, bill: dict[str, Any]
+) -> Response:
     events = engine.stream(chat)
     try:  # the first event before answering 200, so early failures get their real status
         first = await run_until_disconnect(request.receive, events.__anext__())
@@ -73,8 +93,14 @@ async def _stream(request: Request, platform: Platform, engine: ChatEngine, chat
     return SSEResponse(_sse(platform, bill["spec"], events, first, chat, bill))
 
 
-async def _sse(platform: Platform, spec: ModelSpec, events: AsyncIterator[Any], first: Any,
-               chat: ChatRequest, bill: dict[str, Any]) -> AsyncIterator[bytes]:
+async def _sse(
+    platform: Platform,
+    spec: ModelSpec,
+    events: AsyncIterator[Any],
+    first: Any,
+    chat: ChatRequest,
+    bill: dict[str, Any],
+) -> AsyncIterator[bytes]:
     usage: Usage | None = None
     status = 200
     texts: list[str] = []
@@ -120,11 +146,20 @@ def _collect_text(chunk: dict[str, Any], texts: list[str]) -> None:
 
 def _estimate(chat: ChatRequest, texts: list[str]) -> Usage:
     """No usage from the engine (upstream sent none, or the client left): count it ourselves."""
-    return Usage(input_tokens=count_chat_prompt(chat.params.messages), output_tokens=count_tokens("".join(texts)),
-                 estimated=True)
+    return Usage(
+        input_tokens=count_chat_prompt(chat.params.messages),
+        output_tokens=count_tokens("".join(texts)),
+        estimated=True,
+    )
 
 
 def _usage_chunk(spec: ModelSpec, head: dict[str, Any], usage: Usage) -> dict[str, Any]:
-    return {"id": head.get("id") or "chatcmpl-usage", "object": "chat.completion.chunk",
-            "created": head.get("created") or int(time.time()), "model": spec.id,
-            "system_fingerprint": head.get("system_fingerprint"), "choices": [], "usage": usage.to_chat()}
+    return {
+        "id": head.get("id") or "chatcmpl-usage",
+        "object": "chat.completion.chunk",
+        "created": head.get("created") or int(time.time()),
+        "model": spec.id,
+        "system_fingerprint": head.get("system_fingerprint"),
+        "choices": [],
+        "usage": usage.to_chat(),
+    }

@@ -20,12 +20,28 @@ from starlette.responses import Response
 from infergate.errors import InfergateError, InvalidRequest
 
 log = logging.getLogger("infergate.errors")
-STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error",
-                413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
-                429: "rate_limit_error"}
-DO_IDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 409: "conflict",
-          413: "request_too_large", 422: "unprocessable_entity", 429: "too_many_requests"}
+STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+DO_IDS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    409: "conflict",
+    413: "request_too_large",
+    422: "unprocessable_entity",
+    429: "too_many_requests",
+}
 
 
 def error_payload(status: int, error: dict[str, Any], request_id: str | None, path: str) -> bytes:
@@ -35,11 +51,16 @@ def error_payload(status: int, error: dict[str, Any], request_id: str | None, pa
     return orjson.dumps(body)
 
 
-def error_response(request: Request, status: int, error: dict[str, Any],
-                   headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    request: Request, status: int, error: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
     request_id = request.scope.get("state", {}).get("request_id")
-    return Response(error_payload(status, error, request_id, request.url.path), status_code=status,
-                    media_type="application/json", headers=headers)
+    return Response(
+        error_payload(status, error, request_id, request.url.path),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 def validation_message(exc: ValidationError | RequestValidationError) -> tuple[str, str | None]:
@@ -70,8 +91,11 @@ async def handle_infergate_error(request: Request, exc: Exception) -> Response:
 async def handle_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError | ValidationError)
     message, param = validation_message(exc)
-    return error_response(request, 400, {"message": message, "type": "invalid_request_error",
-                                         "param": param, "code": "invalid_request"})
+    return error_response(
+        request,
+        400,
+        {"message": message, "type": "invalid_request_error", "param": param, "code": "invalid_request"},
+    )
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
@@ -80,17 +104,33 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
     if status == 404:
         message = f"Unknown route: {request.method} {request.url.path}"
-    return error_response(request, status, {"message": message, "type": STATUS_TYPES.get(status, "server_error"),
-                                            "param": None, "code": None}, getattr(exc, "headers", None))
+    return error_response(
+        request,
+        status,
+        {"message": message, "type": STATUS_TYPES.get(status, "server_error"), "param": None, "code": None},
+        getattr(exc, "headers", None),
+    )
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(request, 500, {"message": "Internal server error; the request id names it in the log.",
-                                         "type": "server_error", "param": None, "code": "internal_error"})
+    return error_response(
+        request,
+        500,
+        {
+            "message": "Internal server error; the request id names it in the log.",
+            "type": "server_error",
+            "param": None,
+            "code": "internal_error",
+        },
+    )
 
 
 def exception_handlers() -> dict[Any, Any]:
-    return {InfergateError: handle_infergate_error, RequestValidationError: handle_validation_error,
-            ValidationError: handle_validation_error, HTTPException: handle_http_exception,
-            Exception: handle_unexpected}
+    return {
+        InfergateError: handle_infergate_error,
+        RequestValidationError: handle_validation_error,
+        ValidationError: handle_validation_error,
+        HTTPException: handle_http_exception,
+        Exception: handle_unexpected,
+    }

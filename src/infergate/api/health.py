@@ -20,12 +20,23 @@ async def health() -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get("/ready", responses=error_responses(503), summary="200 when the database and default model can serve")
+@router.get(
+    "/ready", responses=error_responses(503), summary="200 when the database and default model can serve"
+)
 async def ready(request: Request) -> Response:
     reason = await asyncio.to_thread(platform_of(request).readiness)
     if reason:
-        return json_response({"error": {"message": f"not ready: {reason}", "type": "service_unavailable",
-                                        "param": None, "code": "not_ready"}}, status=503)
+        return json_response(
+            {
+                "error": {
+                    "message": f"not ready: {reason}",
+                    "type": "service_unavailable",
+                    "param": None,
+                    "code": "not_ready",
+                }
+            },
+            status=503,
+        )
     return json_response({"status": "ready"})
 
 

@@ -32,10 +32,18 @@ def _uuid(value: str) -> str:
     return value
 
 
-@router.post("", response_model=APIKeyInfoResponse, responses=ERRORS,
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": CreateKeyBody.model_json_schema()}}}},
-             summary="Create a model access key; the secret is returned only here")
+@router.post(
+    "",
+    response_model=APIKeyInfoResponse,
+    responses=ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": CreateKeyBody.model_json_schema()}},
+        }
+    },
+    summary="Create a model access key; the secret is returned only here",
+)
 async def create_key(request: Request) -> Response:
     platform = _admin(request)
     body = validate(CreateKeyBody, await json_body(request))
@@ -45,8 +53,9 @@ async def create_key(request: Request) -> Response:
 
 
 @router.get("", response_model=APIKeyListResponse, responses=ERRORS, summary="List model access keys")
-async def list_keys(request: Request, page: int = Query(1, ge=1, le=1_000_000),
-                    per_page: int = Query(20, ge=1, le=200)) -> Response:
+async def list_keys(
+    request: Request, page: int = Query(1, ge=1, le=1_000_000), per_page: int = Query(20, ge=1, le=200)
+) -> Response:
     platform = _admin(request)
     records, total = await asyncio.to_thread(platform.keys.list, page, per_page)
     pages = max(1, math.ceil(total / per_page))
@@ -55,16 +64,33 @@ async def list_keys(request: Request, page: int = Query(1, ge=1, le=1_000_000),
     def link(p: int) -> str:
         return str(url.include_query_params(page=p, per_page=per_page))
 
-    links = {"first": link(1), "previous": link(page - 1) if page > 1 else None,
-             "next": link(page + 1) if page < pages else None, "last": link(pages)}
-    return json_response({"api_key_infos": [r.info() for r in records], "links": {"pages": links},
-                          "meta": {"page": page, "pages": pages, "total": total}})
+    links = {
+        "first": link(1),
+        "previous": link(page - 1) if page > 1 else None,
+        "next": link(page + 1) if page < pages else None,
+        "last": link(pages),
+    }
+    return json_response(
+        {
+            "api_key_infos": [r.info() for r in records],
+            "links": {"pages": links},
+            "meta": {"page": page, "pages": pages, "total": total},
+        }
+    )
 
 
-@router.put("/{api_key_uuid}", response_model=APIKeyInfoResponse, responses=ERRORS,
-            openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                "schema": RenameKeyBody.model_json_schema()}}}},
-            summary="Rename a model access key")
+@router.put(
+    "/{api_key_uuid}",
+    response_model=APIKeyInfoResponse,
+    responses=ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": RenameKeyBody.model_json_schema()}},
+        }
+    },
+    summary="Rename a model access key",
+)
 async def rename_key(request: Request, api_key_uuid: str) -> Response:
     platform = _admin(request)
     body = validate(RenameKeyBody, await json_body(request))
@@ -75,8 +101,12 @@ async def rename_key(request: Request, api_key_uuid: str) -> Response:
     return json_response({"api_key_info": record.info()})
 
 
-@router.put("/{api_key_uuid}/regenerate", response_model=APIKeyInfoResponse, responses=ERRORS,
-            summary="Issue a new secret; the old one stops working at once")
+@router.put(
+    "/{api_key_uuid}/regenerate",
+    response_model=APIKeyInfoResponse,
+    responses=ERRORS,
+    summary="Issue a new secret; the old one stops working at once",
+)
 async def regenerate_key(request: Request, api_key_uuid: str) -> Response:
     platform = _admin(request)
     record, secret = await asyncio.to_thread(platform.keys.regenerate, _uuid(api_key_uuid))
@@ -84,8 +114,12 @@ async def regenerate_key(request: Request, api_key_uuid: str) -> Response:
     return json_response({"api_key_info": record.info(secret)})
 
 
-@router.delete("/{api_key_uuid}", response_model=APIKeyInfoResponse, responses=ERRORS,
-               summary="Delete a model access key; it stops working at once")
+@router.delete(
+    "/{api_key_uuid}",
+    response_model=APIKeyInfoResponse,
+    responses=ERRORS,
+    summary="Delete a model access key; it stops working at once",
+)
 async def delete_key(request: Request, api_key_uuid: str) -> Response:
     platform = _admin(request)
     record = await asyncio.to_thread(platform.keys.delete, _uuid(api_key_uuid))

@@ -27,21 +27,38 @@ def openai_model(spec: ModelSpec) -> dict:
 
 def do_model(spec: ModelSpec) -> dict:
     created = datetime.fromtimestamp(spec.created, UTC).isoformat().replace("+00:00", "Z")
-    return {"uuid": str(uuid.uuid5(MODEL_NAMESPACE, spec.id)), "id": spec.id, "name": spec.name or spec.id,
-            "created_at": created, "updated_at": created, "is_foundational": True,
-            "version": {"major": 1, "minor": 0, "patch": 0}, "url": None, "parent_uuid": None,
-            "upload_complete": True, "agreement": None}
+    return {
+        "uuid": str(uuid.uuid5(MODEL_NAMESPACE, spec.id)),
+        "id": spec.id,
+        "name": spec.name or spec.id,
+        "created_at": created,
+        "updated_at": created,
+        "is_foundational": True,
+        "version": {"major": 1, "minor": 0, "patch": 0},
+        "url": None,
+        "parent_uuid": None,
+        "upload_complete": True,
+        "agreement": None,
+    }
 
 
-@router.get("/models", response_model=OpenAIModelList, responses=error_responses(401),
-            summary="List the models this server serves")
+@router.get(
+    "/models",
+    response_model=OpenAIModelList,
+    responses=error_responses(401),
+    summary="List the models this server serves",
+)
 async def list_models(request: Request) -> Response:
     await authenticate(request)
     return json_response({"object": "list", "data": [openai_model(s) for s in platform_of(request).catalog]})
 
 
-@v2_router.get("/v2/gen-ai/models", response_model=DOModelList, responses=error_responses(401),
-               summary="List models (DigitalOcean shape); accepts a model access key or the admin token")
+@v2_router.get(
+    "/v2/gen-ai/models",
+    response_model=DOModelList,
+    responses=error_responses(401),
+    summary="List models (DigitalOcean shape); accepts a model access key or the admin token",
+)
 async def list_models_v2(request: Request) -> Response:
     platform = platform_of(request)
     try:
@@ -50,10 +67,12 @@ async def list_models_v2(request: Request) -> Response:
         await authenticate(request)  # the gradient SDK sends the model access key here
     specs = list(platform.catalog)
     base = str(request.url.remove_query_params(["page", "per_page"]))
-    return json_response({
-        "models": [do_model(s) for s in specs],
-        "links": {"pages": {"first": base, "previous": None, "next": None, "last": base}},
-        "meta": {"page": 1, "pages": 1, "total": len(specs)},
-        "object": "list",
-        "data": [openai_model(s) for s in specs],
-    })
+    return json_response(
+        {
+            "models": [do_model(s) for s in specs],
+            "links": {"pages": {"first": base, "previous": None, "next": None, "last": base}},
+            "meta": {"page": 1, "pages": 1, "total": len(specs)},
+            "object": "list",
+            "data": [openai_model(s) for s in specs],
+        }
+    )

@@ -17,12 +17,18 @@ from infergate.schemas.usage import UsageReport
 router = APIRouter(tags=["usage"])
 
 
-@router.get("/v2/gen-ai/usage", response_model=UsageReport, responses=error_responses(400, 401),
-            summary="Usage and cost from the ledger")
-async def usage_report(request: Request,
-                       start: str | None = Query(None, description="ISO 8601 or epoch seconds; default end-30d"),
-                       end: str | None = Query(None, description="ISO 8601 or epoch seconds; default now"),
-                       group_by: str = Query("model", pattern="^(key|model|day)$")) -> Response:
+@router.get(
+    "/v2/gen-ai/usage",
+    response_model=UsageReport,
+    responses=error_responses(400, 401),
+    summary="Usage and cost from the ledger",
+)
+async def usage_report(
+    request: Request,
+    start: str | None = Query(None, description="ISO 8601 or epoch seconds; default end-30d"),
+    end: str | None = Query(None, description="ISO 8601 or epoch seconds; default now"),
+    group_by: str = Query("model", pattern="^(key|model|day)$"),
+) -> Response:
     platform = platform_of(request)
     check_admin(request.headers.get("authorization"), platform.settings.admin_token)
     await platform.ledger.flush()  # what was answered before this call is in the report

@@ -40,7 +40,7 @@ class ChatResult:
     usage: Usage
 
 
-class Engine(ABC):
+class Engine(ABC):  # noqa: B024 - kinds add their abstract methods
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
 
@@ -64,5 +64,7 @@ class ChatEngine(Engine):
     def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any] | Usage]:
         """Yield chat.completion.chunk dicts (without usage) as they are produced, then one Usage last.
 
-        Cancelling the iterator (client gone) must stop the work promptly.
+        The Usage may be omitted when unknown (an upstream that reports none): the api layer then
+        counts the tokens and marks them estimated. Cancelling the iterator (client gone) must
+        stop the work promptly.
         """

@@ -46,9 +46,12 @@ class OpenAIUpstreamEngine(ChatEngine):
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
-        self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout,
-                                             json_serialize=lambda o: orjson.dumps(o).decode(),
-                                             auto_decompress=True)
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self.timeout,
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+            auto_decompress=True,
+        )
 
     async def close(self) -> None:
         if self.session is not None:
@@ -71,11 +74,14 @@ class OpenAIUpstreamEngine(ChatEngine):
             response = await self.session.post(self.url, data=payload, headers=self.headers)
         except TimeoutError:
             self._count("timeout")
-            raise UpstreamTimeout(f"upstream {self.spec.id} did not answer within {self.spec.timeout:g}s") from None
+            raise UpstreamTimeout(
+                f"upstream {self.spec.id} did not answer within {self.spec.timeout:g}s"
+            ) from None
         except aiohttp.ClientError as exc:
             self._count("unreachable")
-            raise Unavailable(f"upstream {self.spec.id} is unreachable: {exc}",
-                              headers={"Retry-After": "1"}) from None
+            raise Unavailable(
+                f"upstream {self.spec.id} is unreachable: {exc}", headers={"Retry-After": "1"}
+            ) from None
         if response.status >= 400:
             text = await response.text(errors="replace")
             response.release()
@@ -105,8 +111,11 @@ class OpenAIUpstreamEngine(ChatEngine):
         usage = Usage.from_openai(body.pop("usage", None))
         if usage is None:
             text = "".join(_message_text(c.get("message")) for c in body["choices"] if isinstance(c, dict))
-            usage = Usage(input_tokens=count_chat_prompt(request.params.messages),
-                          output_tokens=count_tokens(text), estimated=True)
+            usage = Usage(
+                input_tokens=count_chat_prompt(request.params.messages),
+                output_tokens=count_tokens(text),
+                estimated=True,
+            )
         body["model"] = self.spec.id
         return ChatResult(body=body, usage=usage)
 
@@ -115,8 +124,10 @@ class OpenAIUpstreamEngine(ChatEngine):
         if not response.content_type.startswith("text/event-stream"):
             response.release()
             self._count("not_a_stream")
-            raise UpstreamError(f"upstream {self.spec.id} answered {response.content_type or 'no content type'} "
-                                "instead of an event stream")
+            raise UpstreamError(
+                f"upstream {self.spec.id} answered {response.content_type or 'no content type'} "
+                "instead of an event stream"
+            )
         usage: Usage | None = None
         try:
             async for chunk in _sse_events(response, self.spec.id):
@@ -215,7 +226,9 @@ def _strip_cache_control(message: Any) -> Any:
     if isinstance(content, dict):
         content = [content]  # the seed's single-object form is not standard OpenAI
     if isinstance(content, list):
-        parts = [{k: v for k, v in p.items() if k not in CACHE_CONTROL_FIELDS} if isinstance(p, dict) else p
-                 for p in content]
+        parts = [
+            {k: v for k, v in p.items() if k not in CACHE_CONTROL_FIELDS} if isinstance(p, dict) else p
+            for p in content
+        ]
         return {**message, "content": parts}
     return message

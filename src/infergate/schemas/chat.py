@@ -55,7 +55,9 @@ class RefusalPart(Strict):
     refusal: str
 
 
-ContentPart = Annotated[TextPart | ImagePart | AudioPart | FilePart | RefusalPart, Field(discriminator="type")]
+ContentPart = Annotated[
+    TextPart | ImagePart | AudioPart | FilePart | RefusalPart, Field(discriminator="type")
+]
 # The seed also shows `content` as a single part object, not only a list of them.
 Content = str | list[ContentPart] | ContentPart
 

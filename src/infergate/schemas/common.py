@@ -23,9 +23,18 @@ class ErrorBody(BaseModel):
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for the error statuses a route can answer."""
-    text = {400: "Invalid request", 401: "Missing or invalid key", 404: "Not found", 409: "Conflict",
-            413: "Body too large", 422: "Unprocessable", 429: "Too many requests", 502: "Upstream error",
-            503: "Unavailable", 504: "Upstream timeout"}
+    text = {
+        400: "Invalid request",
+        401: "Missing or invalid key",
+        404: "Not found",
+        409: "Conflict",
+        413: "Body too large",
+        422: "Unprocessable",
+        429: "Too many requests",
+        502: "Upstream error",
+        503: "Unavailable",
+        504: "Upstream timeout",
+    }
     return {s: {"model": ErrorBody, "description": text.get(s, "Error")} for s in statuses}
 
 

@@ -61,8 +61,9 @@ class KeyRecord:
 
 
 def _record(row) -> KeyRecord:  # type: ignore[no-untyped-def]
-    return KeyRecord(row.uuid, row.name, row.secret_prefix, row.created_by, row.created_at, row.updated_at,
-                     row.deleted_at)
+    return KeyRecord(
+        row.uuid, row.name, row.secret_prefix, row.created_by, row.created_at, row.updated_at, row.deleted_at
+    )
 
 
 class KeyRepository:
@@ -71,17 +72,25 @@ class KeyRepository:
 
     def create(self, name: str, created_by: str | None = None) -> tuple[KeyRecord, str]:
         secret, now = new_secret(), utcnow()
-        values = {"uuid": str(uuid.uuid4()), "name": name, "secret_hash": hash_secret(secret),
-                  "secret_prefix": secret[:10], "created_by": created_by, "created_at": now,
-                  "updated_at": now, "deleted_at": None}
+        values = {
+            "uuid": str(uuid.uuid4()),
+            "name": name,
+            "secret_hash": hash_secret(secret),
+            "secret_prefix": secret[:10],
+            "created_by": created_by,
+            "created_at": now,
+            "updated_at": now,
+            "deleted_at": None,
+        }
         with self.engine.begin() as conn:
             conn.execute(insert(api_keys).values(**values))
         return _record(type("Row", (), values)), secret
 
     def get(self, key_uuid: str) -> KeyRecord:
         with self.engine.connect() as conn:
-            row = conn.execute(select(api_keys).where(api_keys.c.uuid == key_uuid,
-                                                      api_keys.c.deleted_at.is_(None))).first()
+            row = conn.execute(
+                select(api_keys).where(api_keys.c.uuid == key_uuid, api_keys.c.deleted_at.is_(None))
+            ).first()
         if row is None:
             raise NotFound(f"model access key {key_uuid} not found", code="not_found")
         return _record(row)
@@ -90,9 +99,13 @@ class KeyRepository:
         live = api_keys.c.deleted_at.is_(None)
         with self.engine.connect() as conn:
             total = conn.execute(select(func.count()).select_from(api_keys).where(live)).scalar_one()
-            rows = conn.execute(select(api_keys).where(live)
-                                .order_by(api_keys.c.created_at.desc(), api_keys.c.uuid)
-                                .limit(per_page).offset((page - 1) * per_page)).all()
+            rows = conn.execute(
+                select(api_keys)
+                .where(live)
+                .order_by(api_keys.c.created_at.desc(), api_keys.c.uuid)
+                .limit(per_page)
+                .offset((page - 1) * per_page)
+            ).all()
         return [_record(r) for r in rows], int(total)
 
     def rename(self, key_uuid: str, name: str) -> KeyRecord:
@@ -101,7 +114,9 @@ class KeyRepository:
 
     def regenerate(self, key_uuid: str) -> tuple[KeyRecord, str]:
         secret = new_secret()
-        self._update(key_uuid, secret_hash=hash_secret(secret), secret_prefix=secret[:10], updated_at=utcnow())
+        self._update(
+            key_uuid, secret_hash=hash_secret(secret), secret_prefix=secret[:10], updated_at=utcnow()
+        )
         return self.get(key_uuid), secret
 
     def delete(self, key_uuid: str) -> KeyRecord:
@@ -109,18 +124,23 @@ class KeyRepository:
         now = utcnow()
         # The hash is replaced too, so the old secret cannot match even by a bug in a filter.
         self._update(key_uuid, deleted_at=now, updated_at=now, secret_hash=f"deleted:{uuid.uuid4().hex}"[:64])
-        return KeyRecord(record.uuid, record.name, record.secret_prefix, record.created_by, record.created_at,
-                         now, now)
+        return KeyRecord(
+            record.uuid, record.name, record.secret_prefix, record.created_by, record.created_at, now, now
+        )
 
     def find_by_hash(self, secret_hash: str) -> KeyRecord | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(api_keys).where(api_keys.c.secret_hash == secret_hash,
-                                                      api_keys.c.deleted_at.is_(None))).first()
+            row = conn.execute(
+                select(api_keys).where(api_keys.c.secret_hash == secret_hash, api_keys.c.deleted_at.is_(None))
+            ).first()
         return _record(row) if row else None
 
     def _update(self, key_uuid: str, **values: object) -> None:
         with self.engine.begin() as conn:
-            result = conn.execute(update(api_keys).where(api_keys.c.uuid == key_uuid,
-                                                         api_keys.c.deleted_at.is_(None)).values(**values))
+            result = conn.execute(
+                update(api_keys)
+                .where(api_keys.c.uuid == key_uuid, api_keys.c.deleted_at.is_(None))
+                .values(**values)
+            )
         if result.rowcount == 0:
             raise NotFound(f"model access key {key_uuid} not found", code="not_found")

@@ -48,8 +48,12 @@ class LedgerRepository:
             func.coalesce(func.sum(case((u.c.estimated, 1), else_=0)), 0).label("estimated_requests"),
             func.coalesce(func.sum(case((u.c.status >= 400, 1), else_=0)), 0).label("failed_requests"),
         ]
-        stmt = (select(*columns).where(u.c.created_ms >= start_ms, u.c.created_ms < end_ms)
-                .group_by(group).order_by(group))
+        stmt = (
+            select(*columns)
+            .where(u.c.created_ms >= start_ms, u.c.created_ms < end_ms)
+            .group_by(group)
+            .order_by(group)
+        )
         with self.engine.connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(stmt)]
             names = {}

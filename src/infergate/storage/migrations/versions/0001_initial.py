@@ -26,8 +26,9 @@ def upgrade() -> None:
     )
     op.create_table(
         "usage_records",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
-                  autoincrement=True),
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+        ),
         sa.Column("request_id", sa.String(64), nullable=False, unique=True),
         sa.Column("key_uuid", sa.String(36), nullable=True),
         sa.Column("model", sa.String(200), nullable=False),

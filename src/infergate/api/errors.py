@@ -37,8 +37,10 @@ DO_IDS = {
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
+    405: "method_not_allowed",
     409: "conflict",
     413: "request_too_large",
+    415: "unsupported_media_type",
     422: "unprocessable_entity",
     429: "too_many_requests",
 }
@@ -63,16 +65,38 @@ def error_response(
     )
 
 
+def _json_path(loc: tuple[Any, ...]) -> list[str]:
+    """pydantic's error location as a JSON path: without union branch names ('str', 'list[...]') and
+    without the discriminator value that follows a tagged union ('...content.0.text.cache_control')."""
+    path: list[str] = []
+    tag_follows = False
+    for p in loc:
+        if p == "body":
+            continue
+        if isinstance(p, str) and p[:1].islower() and ("[" in p or p in {"str", "int", "float", "bool"}):
+            tag_follows = p.startswith(("tagged-union[", "list[tagged-union["))
+            continue
+        if tag_follows and isinstance(p, str):
+            tag_follows = False
+            continue
+        path.append(str(p))
+    return path
+
+
 def validation_message(exc: ValidationError | RequestValidationError) -> tuple[str, str | None]:
-    """First error, phrased for a person: `messages.0.role: Input should be ...`."""
+    """The first error, phrased for a person: `messages.0.role: Input should be ...`.
+
+    With a union (content: str | list of parts) pydantic reports one error per branch; of those
+    under the first error's field, the one reaching deepest is where the client went wrong (a bad
+    `cache_control.ttl`, not "content should be a string")."""
     errors = exc.errors()
     if not errors:
         return "Invalid request body", None
-    first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
-    # drop pydantic's union branch tags (e.g. 'str', 'list[...]') to keep the path a JSON path
-    loc = [p for p in loc if not (p[:1].islower() and ("[" in p or p in {"str", "int", "float", "bool"}))]
-    param = ".".join(loc) or None
+    paths = [_json_path(tuple(e.get("loc", ()))) for e in errors]
+    same_field = [i for i in range(len(errors)) if paths[i][: len(paths[0])] == paths[0]]
+    deepest = max(same_field, key=lambda i: len(paths[i]))  # the first one on ties
+    first = errors[deepest]
+    param = ".".join(paths[deepest]) or None
     msg = first.get("msg", "invalid value")
     more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
     return (f"{param}: {msg}{more}" if param else f"{msg}{more}"), param

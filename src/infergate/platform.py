@@ -101,7 +101,7 @@ class Platform:
         status: int,
         started: float,
     ) -> None:
-        cost = usage.cost_nano_usd(spec) if status < 400 or usage.total_tokens else 0
+        cost = usage.cost_nano_usd(spec)  # tokens produced before a failure are billed too
         self.ledger.record(
             LedgerEntry(
                 request_id=request_id,

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -136,6 +137,21 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     )
 
 
+async def handle_database_error(request: Request, exc: Exception) -> Response:
+    log.error("database error on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        request,
+        503,
+        {
+            "message": "The database is unavailable; try again shortly.",
+            "type": "service_unavailable",
+            "param": None,
+            "code": "database_unavailable",
+        },
+        {"Retry-After": "2"},
+    )
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(
@@ -156,5 +172,6 @@ def exception_handlers() -> dict[Any, Any]:
         RequestValidationError: handle_validation_error,
         ValidationError: handle_validation_error,
         HTTPException: handle_http_exception,
+        DBAPIError: handle_database_error,
         Exception: handle_unexpected,
     }

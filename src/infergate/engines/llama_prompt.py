@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from infergate.engines.llama_sampling import TOOL_TRIGGER_PATTERNS, schema_grammar, tool_call_schema
 from infergate.errors import InvalidRequest
 from infergate.schemas.chat import ChatCompletionRequest, NamedToolChoice
-from infergate.engines.llama_sampling import TOOL_TRIGGER_PATTERNS, schema_grammar, tool_call_schema
 
 # Used when a GGUF carries no chat template.
 CHATML_TEMPLATE = (
@@ -44,8 +44,9 @@ def plan_tools(params: ChatCompletionRequest) -> ToolPlan:
         wanted = choice.function.get("name")
         functions = [f for f in functions if f["name"] == wanted]
         if not functions:
-            raise InvalidRequest(f"tool_choice names function '{wanted}', which is not in tools",
-                                 param="tool_choice")
+            raise InvalidRequest(
+                f"tool_choice names function '{wanted}', which is not in tools", param="tool_choice"
+            )
         choice = "required"
     for f in functions:
         params_schema = f.get("parameters")
@@ -53,8 +54,12 @@ def plan_tools(params: ChatCompletionRequest) -> ToolPlan:
             raise InvalidRequest("function parameters must be a JSON schema object", param="tools")
     grammar = schema_grammar(tool_call_schema(functions), param="tools")
     mode: Literal["auto", "required"] = "required" if choice == "required" else "auto"
-    return ToolPlan(mode=mode, functions=functions, grammar=grammar,
-                    triggers=list(TOOL_TRIGGER_PATTERNS) if mode == "auto" else None)
+    return ToolPlan(
+        mode=mode,
+        functions=functions,
+        grammar=grammar,
+        triggers=list(TOOL_TRIGGER_PATTERNS) if mode == "auto" else None,
+    )
 
 
 def _tool_instructions(plan: ToolPlan) -> str:
@@ -68,7 +73,7 @@ def _tool_instructions(plan: ToolPlan) -> str:
     if plan.mode == "auto":
         lines.append("If no function is needed, reply normally in plain text.")
     elif len(plan.functions) == 1:
-        lines.append(f"You must call the function \"{plan.functions[0]['name']}\".")
+        lines.append(f'You must call the function "{plan.functions[0]["name"]}".')
     else:
         lines.append("You must call one of the functions.")
     return "\n".join(lines)

@@ -84,11 +84,13 @@ def tool_call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
     alternatives = []
     for tool in tools:
         params = tool.get("parameters") or {"type": "object"}
-        alternatives.append({
-            "type": "object",
-            "properties": {"name": {"const": tool["name"]}, "arguments": params},
-            "required": ["name", "arguments"],
-        })
+        alternatives.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": tool["name"]}, "arguments": params},
+                "required": ["name", "arguments"],
+            }
+        )
     return alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
 
 
@@ -141,8 +143,11 @@ class SeqSampler:
                 biases[i].token, biases[i].bias = tok, bias
             self._add(L.llama_sampler_init_logit_bias(self.n_vocab, len(opts.logit_bias), biases))
         if opts.presence_penalty or opts.frequency_penalty:
-            self._add(L.llama_sampler_init_penalties(self.n_vocab, penalty_window, 1.0,
-                                                     opts.frequency_penalty, opts.presence_penalty))
+            self._add(
+                L.llama_sampler_init_penalties(
+                    self.n_vocab, penalty_window, 1.0, opts.frequency_penalty, opts.presence_penalty
+                )
+            )
         if opts.temperature <= 0:
             self._add(L.llama_sampler_init_greedy())
         else:
@@ -156,12 +161,14 @@ class SeqSampler:
             if opts.lazy_triggers:
                 pats = (ctypes.c_char_p * len(opts.lazy_triggers))(*[p.encode() for p in opts.lazy_triggers])
                 self.grammar = L.llama_sampler_init_grammar_lazy_patterns(
-                    vocab, gbnf, root, pats, len(opts.lazy_triggers), None, 0)
+                    vocab, gbnf, root, pats, len(opts.lazy_triggers), None, 0
+                )
             else:
                 self.grammar = L.llama_sampler_init_grammar(vocab, gbnf, root)
             if not self.grammar:
-                raise InvalidRequest("the requested output format could not be compiled to a grammar",
-                                     param="response_format")
+                raise InvalidRequest(
+                    "the requested output format could not be compiled to a grammar", param="response_format"
+                )
 
     def sample(self, ctx: Any, idx: int) -> int:
         if self.grammar is None:  # fast path: all in C, accepts the token too
@@ -170,8 +177,9 @@ class SeqSampler:
         token = self._apply(self.chain, logits, None)
         one = self._one
         one["id"][0], one["logit"][0], one["p"][0] = token, 1.0, 0.0
-        arr = L.llama_token_data_array(data=one.ctypes.data_as(L.llama_token_data_p), size=1,
-                                       selected=-1, sorted=False)
+        arr = L.llama_token_data_array(
+            data=one.ctypes.data_as(L.llama_token_data_p), size=1, selected=-1, sorted=False
+        )
         L.llama_sampler_apply(self.grammar, ctypes.byref(arr))
         if not math.isfinite(float(one["logit"][0])):  # rejected: constrain the full distribution
             token = self._apply(self.chain, logits, self.grammar)
@@ -186,8 +194,9 @@ class SeqSampler:
         cur["id"] = np.arange(self.n_vocab, dtype=np.intc)
         cur["logit"] = logits
         cur["p"] = 0.0
-        arr = L.llama_token_data_array(data=cur.ctypes.data_as(L.llama_token_data_p), size=self.n_vocab,
-                                       selected=-1, sorted=False)
+        arr = L.llama_token_data_array(
+            data=cur.ctypes.data_as(L.llama_token_data_p), size=self.n_vocab, selected=-1, sorted=False
+        )
         if grammar is not None:
             L.llama_sampler_apply(grammar, ctypes.byref(arr))
         L.llama_sampler_apply(chain, ctypes.byref(arr))
@@ -203,7 +212,9 @@ class SeqSampler:
             self.grammar = None
 
 
-def token_logprobs(ctx: Any, idx: int, n_vocab: int, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+def token_logprobs(
+    ctx: Any, idx: int, n_vocab: int, token: int, top: int
+) -> tuple[float, list[tuple[int, float]]]:
     """log P(token) under the model's raw distribution, and the `top` most likely alternatives."""
     logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, idx), shape=(n_vocab,)).astype(np.float64)
     peak = logits.max()

@@ -1,0 +1,282 @@
+"""Local chat models served with llama.cpp (llama-cpp-python's low-level API).
+
+`LlamaCppEngine` turns a validated chat request into a scheduler job (see llama_scheduler.py:
+one worker thread per model, continuous batching over `spec.parallel` KV slots) and renders the
+job's events as an OpenAI chat.completion or as chat.completion.chunk dicts. Nothing here blocks
+the event loop: all llama.cpp calls run on the model's worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp as L
+
+from infergate.catalog import ModelSpec
+from infergate.engines.base import ChatEngine, ChatRequest, ChatResult
+from infergate.engines.llama_prompt import ToolPlan, chat_messages, parse_tool_call, plan_tools
+from infergate.engines.llama_sampling import JSON_OBJECT_GBNF, SamplingOptions, schema_grammar
+from infergate.engines.llama_scheduler import Delta, Done, Event, Failed, Job, Scheduler, Started
+from infergate.errors import InvalidRequest
+from infergate.schemas.chat import ChatCompletionRequest
+from infergate.usage import Usage
+
+_READINESS = {"not started": "model not started", "loading": "model is loading", "closed": "engine closed"}
+
+
+def _fingerprint(spec: ModelSpec) -> str:
+    """Changes when the weights file or the llama.cpp build changes, like OpenAI's."""
+    ident = f"{spec.id}|{L.__version__}"
+    if spec.path:
+        try:
+            st = os.stat(spec.path)
+            ident += f"|{os.path.basename(spec.path)}|{st.st_size}|{int(st.st_mtime)}"
+        except OSError:
+            pass
+    return "fp_" + hashlib.sha256(ident.encode()).hexdigest()[:10]
+
+
+def _logit_bias(raw: dict[str, float] | None) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for key, value in (raw or {}).items():
+        if not key.lstrip("-").isdigit():
+            raise InvalidRequest(f"logit_bias keys must be token ids, got '{key}'", param="logit_bias")
+        if not -100 <= value <= 100:
+            raise InvalidRequest("logit_bias values must be between -100 and 100", param="logit_bias")
+        out[int(key)] = float(value)
+    return out
+
+
+def _grammar(params: ChatCompletionRequest, plan: ToolPlan) -> tuple[str | None, list[str] | None]:
+    """Which grammar constrains the reply: a forced tool call, then response_format, then auto tools."""
+    if plan.mode == "required":
+        return plan.grammar, None
+    fmt = params.response_format
+    if fmt is not None and fmt.type == "json_object":
+        return JSON_OBJECT_GBNF, None
+    if fmt is not None and fmt.type == "json_schema" and fmt.json_schema is not None:
+        schema = fmt.json_schema.schema_
+        return (JSON_OBJECT_GBNF if schema is None else schema_grammar(schema)), None
+    if plan.mode == "auto":
+        return plan.grammar, plan.triggers
+    return None, None
+
+
+@dataclass
+class _Choice:
+    """What the stream renderer knows about one choice so far."""
+
+    mode: str  # "text": stream deltas; "hold": buffer (may be a tool call); "undecided" (auto tools)
+    held: list[str] = field(default_factory=list)
+    held_lp: list[dict[str, Any]] = field(default_factory=list)
+
+
+class LlamaCppEngine(ChatEngine):
+    """A GGUF chat model. API: start(), close(), readiness(), complete(), stream()."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self.threads = spec.threads or os.cpu_count() or 1
+        self.scheduler = Scheduler(spec, self.threads)
+        self.system_fingerprint = _fingerprint(spec)
+        self._started = False
+
+    async def start(self) -> None:
+        """Load the weights on the model's worker thread; a failure is reported by readiness()."""
+        if self._started:
+            return
+        self._started = True
+        self.scheduler.start()
+        await asyncio.to_thread(self.scheduler.first_load.wait)
+
+    async def close(self) -> None:
+        if self._started:
+            await asyncio.to_thread(self.scheduler.close)
+
+    def readiness(self) -> str | None:
+        state = self.scheduler.state
+        if state in ("ready", "unloaded"):  # an idle-unloaded model reloads on the next request
+            return None
+        if state == "failed":
+            return f"model failed to load: {self.scheduler.error}"
+        return _READINESS.get(state, state)
+
+    def _submit(self, request: ChatRequest) -> tuple[Job, asyncio.Queue[list[Event]], ToolPlan]:
+        params = request.params
+        plan = plan_tools(params)
+        grammar, triggers = _grammar(params, plan)
+        stop = [params.stop] if isinstance(params.stop, str) else list(params.stop or [])
+        sampling = SamplingOptions(
+            temperature=1.0 if params.temperature is None else params.temperature,
+            top_p=1.0 if params.top_p is None else params.top_p,
+            seed=params.seed,
+            presence_penalty=params.presence_penalty or 0.0,
+            frequency_penalty=params.frequency_penalty or 0.0,
+            logit_bias=_logit_bias(params.logit_bias),
+            grammar=grammar,
+            lazy_triggers=triggers,
+            logprobs=bool(params.logprobs),
+            top_logprobs=params.top_logprobs or 0,
+        )
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[list[Event]] = asyncio.Queue()
+
+        def deliver(events: list[Event]) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, events)
+
+        job = Job(
+            messages=chat_messages(params, plan),
+            n=params.n,
+            max_tokens=params.output_limit,
+            stop=[s for s in stop if s],
+            sampling=sampling,
+            deliver=deliver,
+        )
+        self.scheduler.submit(job)
+        return job, queue, plan
+
+    def _tool_call(self, text: str, plan: ToolPlan) -> dict[str, Any] | None:
+        if plan.mode == "none":
+            return None
+        call = parse_tool_call(text, plan)
+        if call is None:
+            return None
+        return {
+            "id": "call_" + secrets.token_hex(12),
+            "type": "function",
+            "function": {"name": call[0], "arguments": call[1]},
+        }
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        job, queue, plan = self._submit(request)
+        n = job.n
+        texts: list[list[str]] = [[] for _ in range(n)]
+        lps: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+        done: dict[int, Done] = {}
+        prompt_tokens = 0
+        try:
+            while len(done) < n:
+                for ev in await queue.get():
+                    if isinstance(ev, Delta):
+                        texts[ev.index].append(ev.text)
+                        if ev.logprobs:
+                            lps[ev.index].extend(ev.logprobs)
+                    elif isinstance(ev, Started):
+                        prompt_tokens = ev.prompt_tokens
+                    elif isinstance(ev, Done):
+                        done[ev.index] = ev
+                    elif isinstance(ev, Failed):
+                        raise ev.error
+        finally:
+            if len(done) < n:  # cancelled (client gone) or failed: free the slots now
+                self.scheduler.cancel(job)
+        choices = []
+        for i in range(n):
+            text, finish = "".join(texts[i]), done[i].finish_reason
+            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+            call = self._tool_call(text, plan)
+            if call is not None:
+                message["content"], message["tool_calls"], finish = None, [call], "tool_calls"
+            logprobs = {"content": lps[i], "refusal": None} if job.sampling.logprobs else None
+            choices.append({"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish})
+        body = {
+            "id": "chatcmpl-" + secrets.token_hex(12),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.spec.id,
+            "choices": choices,
+            "service_tier": None,
+            "system_fingerprint": self.system_fingerprint,
+        }
+        usage = Usage(input_tokens=prompt_tokens, output_tokens=sum(d.output_tokens for d in done.values()))
+        return ChatResult(body=body, usage=usage)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any] | Usage]:
+        job, queue, plan = self._submit(request)
+        cid, created = "chatcmpl-" + secrets.token_hex(12), int(time.time())
+        want_lp = job.sampling.logprobs
+        initial = {"none": "text", "auto": "undecided", "required": "hold"}[plan.mode]
+        states = [_Choice(initial) for _ in range(job.n)]
+        done: dict[int, Done] = {}
+        prompt_tokens = 0
+
+        def chunk(
+            index: int,
+            delta: dict[str, Any],
+            finish: str | None = None,
+            logprobs: list[dict[str, Any]] | None = None,
+        ) -> dict[str, Any]:
+            lp = {"content": logprobs, "refusal": None} if want_lp and logprobs is not None else None
+            return {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": self.spec.id,
+                "service_tier": None,
+                "system_fingerprint": self.system_fingerprint,
+                "choices": [{"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}],
+            }
+
+        try:
+            while len(done) < job.n:
+                out: list[dict[str, Any]] = []
+                for ev in await queue.get():
+                    if isinstance(ev, Delta):
+                        out.extend(self._stream_delta(states[ev.index], ev, chunk))
+                    elif isinstance(ev, Started):
+                        prompt_tokens = ev.prompt_tokens
+                        out.extend(
+                            chunk(i, {"role": "assistant", "content": "", "refusal": None})
+                            for i in range(job.n)
+                        )
+                    elif isinstance(ev, Done):
+                        done[ev.index] = ev
+                        out.extend(self._stream_finish(states[ev.index], ev, plan, chunk))
+                    elif isinstance(ev, Failed):
+                        raise ev.error
+                for item in out:
+                    yield item
+        finally:
+            if len(done) < job.n:
+                self.scheduler.cancel(job)
+        yield Usage(input_tokens=prompt_tokens, output_tokens=sum(d.output_tokens for d in done.values()))
+
+    @staticmethod
+    def _stream_delta(state: _Choice, ev: Delta, chunk: Any) -> list[dict[str, Any]]:
+        if state.mode == "text":
+            return [chunk(ev.index, {"content": ev.text}, None, ev.logprobs)]
+        state.held.append(ev.text)
+        state.held_lp.extend(ev.logprobs or [])
+        if state.mode == "undecided":  # auto tools: a reply opening like a tool call is held back
+            head = "".join(state.held).lstrip()
+            if not head:
+                return []
+            if head.startswith("{") or head.startswith("<tool_call>") or "<tool_call>".startswith(head):
+                state.mode = "hold" if head[0] == "{" or head.startswith("<tool_call>") else "undecided"
+                return []
+            state.mode = "text"
+            text, lps = "".join(state.held), state.held_lp
+            state.held, state.held_lp = [], []
+            return [chunk(ev.index, {"content": text}, None, lps)]
+        return []
+
+    def _stream_finish(self, state: _Choice, ev: Done, plan: ToolPlan, chunk: Any) -> list[dict[str, Any]]:
+        out = []
+        finish = ev.finish_reason
+        if state.mode != "text" and state.held:
+            text = "".join(state.held)
+            call = self._tool_call(text, plan)
+            if call is not None:
+                out.append(chunk(ev.index, {"tool_calls": [{"index": 0, **call}]}))
+                finish = "tool_calls"
+            else:
+                out.append(chunk(ev.index, {"content": text}, None, state.held_lp))
+        out.append(chunk(ev.index, {}, finish))
+        return out

@@ -1,0 +1,453 @@
+"""Continuous-batching scheduler of the llama.cpp engine: one worker thread per model.
+
+Requests (jobs, one sequence per choice) wait in a FIFO and are admitted into `parallel` KV
+slots. Every step builds one llama_batch holding the next token of each decoding sequence plus
+prompt chunks of newly admitted ones (decoders first, so a long prompt never stalls them for more
+than one chunk), runs one llama_decode and samples every sequence that produced logits. Events go
+back to each request's asyncio queue once per step. A finished slot keeps its KV cells, so a new
+prompt sharing a prefix (multi-turn chat) only evaluates the rest.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp as L
+import numpy as np
+
+from infergate.catalog import ModelSpec
+from infergate.engines.llama_model import N_BATCH, LoadedModel
+from infergate.engines.llama_sampling import SamplingOptions, SeqSampler, token_logprobs
+from infergate.errors import InfergateError, InvalidRequest, RateLimited, Unavailable
+
+log = logging.getLogger("infergate.engines.llama_cpp")
+
+
+@dataclass(slots=True)
+class Started:
+    prompt_tokens: int
+
+
+@dataclass(slots=True)
+class Delta:
+    index: int
+    text: str
+    logprobs: list[dict[str, Any]] | None
+
+
+@dataclass(slots=True)
+class Done:
+    index: int
+    finish_reason: str
+    output_tokens: int
+
+
+@dataclass(slots=True)
+class Failed:
+    error: Exception
+
+
+Event = Started | Delta | Done | Failed
+
+
+@dataclass(eq=False)
+class Job:
+    """One request: `n` sequences over the same prompt. `deliver` must be thread-safe."""
+
+    messages: list[dict[str, str]]
+    n: int
+    max_tokens: int | None
+    stop: list[str]
+    sampling: SamplingOptions
+    deliver: Callable[[list[Event]], None]
+    cancelled: bool = False
+    prompt: list[int] | None = None
+    admitted: int = 0  # choices given a slot so far
+
+
+@dataclass(eq=False, slots=True)
+class _Slot:
+    seq_id: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV cells the slot holds
+    busy: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Seq:
+    job: Job
+    index: int
+    slot: _Slot
+    sampler: SeqSampler
+    tokens: list[int]
+    n_past: int
+    max_new: int
+    started: float
+    n_gen: int = 0
+    text: str = ""
+    sent: int = 0
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    pending_lp: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
+
+
+class Scheduler:
+    def __init__(self, spec: ModelSpec, threads: int) -> None:
+        self.spec = spec
+        self.threads = threads
+        self.parallel = spec.parallel
+        self._cond = threading.Condition()
+        self._waiting: deque[Job] = deque()
+        self._queued = 0  # sequences waiting for a slot
+        self._running = 0  # sequences holding a slot
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._model: LoadedModel | None = None
+        self._slots: list[_Slot] = []
+        self._active: list[_Seq] = []
+        self._outbox: dict[Job, list[Event]] = {}
+        self._last_used = time.monotonic()
+        self._seq_seconds = 2.0  # running mean of a sequence's lifetime, for Retry-After
+        self.state = "not started"
+        self.error: str | None = None
+        self.generated_tokens = 0  # total sampled tokens (tests and metrics watch it)
+        self.loaded = threading.Event()
+        self.first_load = threading.Event()  # set once the start-up load attempt has ended
+
+    # ---- called from the event loop -------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"llama:{self.spec.id}", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._closing:
+                raise Unavailable(f"model '{self.spec.id}' is shutting down", headers={"Retry-After": "5"})
+            if self._queued + self._running + job.n > self.parallel + self.spec.max_queue:
+                backlog = (self._queued + self._running) / self.parallel
+                retry = min(max(math.ceil(backlog * self._seq_seconds), 1), 600)
+                raise RateLimited(
+                    f"model '{self.spec.id}' is at capacity ({self._queued} requests waiting); retry later",
+                    headers={"Retry-After": str(retry)},
+                )
+            self._waiting.append(job)
+            self._queued += job.n
+            self._cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Stop a job: queued choices are dropped now, running ones before the next decode step."""
+        with self._cond:
+            job.cancelled = True
+            if job in self._waiting:
+                self._waiting.remove(job)
+                self._queued -= job.n - job.admitted
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def busy_sequences(self) -> int:
+        return self._running
+
+    # ---- worker thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        with contextlib.suppress(Exception):  # reported by readiness; retried on the next request
+            self._ensure_loaded()
+        self.first_load.set()
+        while True:
+            with self._cond:
+                while not self._closing and not self._waiting and not self._active:
+                    self._cond.wait(self._idle_timeout())
+                    self._maybe_unload()
+                if self._closing:
+                    break
+                picks = self._pick_admissions()
+            if picks or self._active:
+                self._serve(picks)
+        self._shutdown()
+
+    def _idle_timeout(self) -> float | None:
+        if self._model is None or self.spec.idle_unload is None:
+            return None
+        return max(self.spec.idle_unload - (time.monotonic() - self._last_used), 0.01)
+
+    def _maybe_unload(self) -> None:
+        idle = self.spec.idle_unload
+        if (
+            self._model is not None
+            and idle is not None
+            and not self._waiting
+            and not self._active
+            and time.monotonic() - self._last_used >= idle
+        ):
+            log.info("unloading model '%s' after %.0f s idle", self.spec.id, idle)
+            self._free_model()
+            self.state = "unloaded"
+
+    def _pick_admissions(self) -> list[tuple[Job, int]]:
+        """FIFO: hand free slots to the oldest waiting choices (caller holds the lock)."""
+        picks: list[tuple[Job, int]] = []
+        free = self.parallel - len(self._active)
+        while self._waiting and len(picks) < free:
+            job = self._waiting[0]
+            picks.append((job, job.admitted))
+            job.admitted += 1
+            self._queued -= 1
+            self._running += 1
+            if job.admitted == job.n:
+                self._waiting.popleft()
+        return picks
+
+    def _serve(self, picks: list[tuple[Job, int]]) -> None:
+        self._last_used = time.monotonic()
+        if picks:
+            try:
+                self._ensure_loaded()
+            except Exception:
+                for job, _index in picks:
+                    self._fail(job, Unavailable(f"model '{self.spec.id}' failed to load: {self.error}"))
+                    self._release_running(1)
+                self._flush()
+                return
+        for job, index in picks:
+            self._admit(job, index)
+        for seq in [s for s in self._active if s.job.cancelled]:
+            self._retire(seq)
+        if self._active:
+            self._step()
+        self._flush()
+
+    def _ensure_loaded(self) -> None:
+        if self._model is not None:
+            return
+        if not self.spec.path:
+            self.state, self.error = "failed", "no GGUF path configured"
+            raise RuntimeError(self.error)
+        self.state = "loading"
+        started = time.monotonic()
+        try:
+            self._model = LoadedModel(self.spec.path, self.spec.n_ctx, self.parallel, self.threads)
+        except Exception as exc:
+            self.state, self.error = "failed", str(exc)
+            log.error("model '%s': %s", self.spec.id, exc)
+            raise
+        self._slots = [_Slot(i) for i in range(self.parallel)]
+        self.state, self.error = "ready", None
+        self.loaded.set()
+        log.info(
+            "model '%s' loaded in %.2f s (n_ctx %d per sequence, %d slots, %d threads)",
+            self.spec.id,
+            time.monotonic() - started,
+            self._model.n_ctx_seq,
+            self.parallel,
+            self.threads,
+        )
+
+    def _admit(self, job: Job, index: int) -> None:
+        model = self._model
+        assert model is not None
+        if job.cancelled:
+            self._release_running(1)
+            return
+        try:
+            if job.prompt is None:
+                job.prompt = model.tokenize(model.render(job.messages))
+                if len(job.prompt) >= model.n_ctx_seq:
+                    raise InvalidRequest(
+                        f"the prompt is {len(job.prompt)} tokens; this model's context window is "
+                        f"{model.n_ctx_seq} tokens",
+                        param="messages",
+                        code="context_length_exceeded",
+                    )
+                self._emit(job, Started(len(job.prompt)))
+            opts = job.sampling
+            if opts.seed is not None and index:
+                opts = SamplingOptions(**{**opts.__dict__, "seed": opts.seed + index})
+            sampler = SeqSampler(model.vocab, model.n_vocab, opts, model.n_ctx_seq)
+        except Exception as exc:
+            self._fail(job, exc)
+            self._release_running(1)
+            return
+        prompt = job.prompt
+        free = [s for s in self._slots if not s.busy]
+        slot = max(free, key=lambda s: _common_prefix(s.cached, prompt))
+        n_past = model.drop_kv(slot.seq_id, min(_common_prefix(slot.cached, prompt), len(prompt) - 1))
+        slot.busy, slot.cached = True, []
+        room = model.n_ctx_seq - len(prompt)
+        max_new = room if job.max_tokens is None else min(job.max_tokens, room)
+        self._active.append(_Seq(job, index, slot, sampler, list(prompt), n_past, max_new, time.monotonic()))
+
+    def _step(self) -> None:
+        model = self._model
+        assert model is not None
+        batch = model.batch
+        tok = np.ctypeslib.as_array(batch.token, shape=(N_BATCH,))
+        pos = np.ctypeslib.as_array(batch.pos, shape=(N_BATCH,))
+        want = np.ctypeslib.as_array(batch.logits, shape=(N_BATCH,))
+        n = 0
+        fed: list[tuple[_Seq, int, int]] = []  # (sequence, tokens fed, logits index or -1)
+        decoding = [s for s in self._active if len(s.tokens) - s.n_past == 1]
+        prefilling = [s for s in self._active if len(s.tokens) - s.n_past > 1]
+        for seq in decoding + prefilling:
+            take = min(len(seq.tokens) - seq.n_past, N_BATCH - n)
+            if take <= 0:
+                break
+            tok[n : n + take] = seq.tokens[seq.n_past : seq.n_past + take]
+            pos[n : n + take] = np.arange(seq.n_past, seq.n_past + take)
+            want[n : n + take] = 0
+            for j in range(n, n + take):
+                batch.seq_id[j][0] = seq.slot.seq_id
+                batch.n_seq_id[j] = 1
+            done = seq.n_past + take == len(seq.tokens)
+            if done:
+                want[n + take - 1] = 1
+            fed.append((seq, take, n + take - 1 if done else -1))
+            n += take
+        batch.n_tokens = n
+        rc = L.llama_decode(model.ctx, batch)
+        if rc != 0:
+            err = InfergateError(f"llama_decode failed with status {rc}")
+            for seq, _take, _idx in fed:  # their KV state is unknown now: forget it
+                seq.n_past = model.drop_kv(seq.slot.seq_id, 0)
+            for seq, _take, _idx in fed:
+                self._fail(seq.job, err)
+            return
+        for seq, take, idx in fed:
+            seq.n_past += take
+            if idx >= 0:
+                token = seq.sampler.sample(model.ctx, idx)
+                self._on_token(seq, token, idx)
+
+    def _on_token(self, seq: _Seq, token: int, idx: int) -> None:
+        model = self._model
+        assert model is not None
+        self.generated_tokens += 1
+        if model.is_eog(token):
+            self._finish(seq, "stop")
+            return
+        seq.tokens.append(token)
+        seq.n_gen += 1
+        piece = model.piece(token)
+        opts = seq.job.sampling
+        if opts.logprobs:
+            seq.pending_lp.append((len(seq.text), self._logprob_entry(idx, token, piece, opts.top_logprobs)))
+        before = len(seq.text)
+        seq.text += seq.decoder.decode(piece)
+        stops = seq.job.stop
+        hold = 0
+        if stops:
+            longest = max(len(s) for s in stops)
+            start = max(before - longest + 1, 0)
+            hits = [i for i in (seq.text.find(s, start) for s in stops) if i >= 0]
+            if hits:
+                seq.text = seq.text[: min(hits)]
+                self._finish(seq, "stop")
+                return
+            hold = max((k for s in stops for k in range(1, len(s)) if seq.text.endswith(s[:k])), default=0)
+        if seq.n_gen >= seq.max_new:
+            self._finish(seq, "length")
+            return
+        self._send_text(seq, len(seq.text) - hold)
+
+    def _logprob_entry(self, idx: int, token: int, piece: bytes, top: int) -> dict[str, Any]:
+        model = self._model
+        assert model is not None
+        logprob, alts = token_logprobs(model.ctx, idx, model.n_vocab, token, top)
+
+        def describe(t: int, lp: float) -> dict[str, Any]:
+            raw = model.piece(t)
+            return {"token": raw.decode("utf-8", errors="replace"), "logprob": lp, "bytes": list(raw)}
+
+        entry = describe(token, logprob)
+        entry["top_logprobs"] = [describe(t, lp) for t, lp in alts]
+        return entry
+
+    def _send_text(self, seq: _Seq, upto: int) -> None:
+        if upto <= seq.sent:
+            return
+        entries = None
+        if seq.job.sampling.logprobs:
+            entries = [e for start, e in seq.pending_lp if start < upto]
+            seq.pending_lp = [(start, e) for start, e in seq.pending_lp if start >= upto]
+        self._emit(seq.job, Delta(seq.index, seq.text[seq.sent : upto], entries))
+        seq.sent = upto
+
+    def _finish(self, seq: _Seq, reason: str) -> None:
+        self._send_text(seq, len(seq.text))
+        self._emit(seq.job, Done(seq.index, reason, seq.n_gen))
+        elapsed = time.monotonic() - seq.started
+        self._seq_seconds = 0.9 * self._seq_seconds + 0.1 * elapsed
+        self._retire(seq)
+
+    def _retire(self, seq: _Seq) -> None:
+        seq.sampler.close()
+        seq.slot.cached = seq.tokens[: seq.n_past]
+        seq.slot.busy = False
+        self._active.remove(seq)
+        self._release_running(1)
+
+    def _release_running(self, count: int) -> None:
+        with self._cond:
+            self._running -= count
+
+    def _emit(self, job: Job, event: Event) -> None:
+        self._outbox.setdefault(job, []).append(event)
+
+    def _fail(self, job: Job, error: Exception) -> None:
+        if not job.cancelled:
+            self._emit(job, Failed(error))
+        with self._cond:
+            job.cancelled = True
+            if job in self._waiting:
+                self._waiting.remove(job)
+                self._queued -= job.n - job.admitted
+        for seq in [s for s in self._active if s.job is job]:
+            self._retire(seq)
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        for job, events in outbox.items():
+            try:
+                job.deliver(events)
+            except Exception:  # the request's event loop is gone
+                job.cancelled = True
+
+    def _free_model(self) -> None:
+        if self._model is not None:
+            self._model.close()
+            self._model = None
+            self.loaded.clear()
+
+    def _shutdown(self) -> None:
+        gone = Unavailable(f"model '{self.spec.id}' is shutting down", headers={"Retry-After": "5"})
+        for seq in list(self._active):
+            self._fail(seq.job, gone)
+        with self._cond:
+            waiting = list(self._waiting)
+        for job in waiting:
+            self._fail(job, gone)
+        self._flush()
+        self._free_model()
+        self.state = "closed"

@@ -1,0 +1,1 @@
+"""Prompt caching: which prefixes to cache (plan) and where computed KV state lives (store)."""

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from infergate.api.common import authenticate, json_body, json_response, platform_of, request_id_of, validate
 from infergate.api.errors import error_payload
 from infergate.api.streaming import ClientGone, SSEResponse, run_until_disconnect
+from infergate.cache.plan import PromptCachePlan
 from infergate.catalog import ModelSpec
 from infergate.engines.base import ChatEngine, ChatRequest, RequestContext
 from infergate.errors import InfergateError
@@ -56,7 +57,10 @@ async def create_chat_completion(request: Request) -> Response:
     request.scope["state"]["model"] = spec.id
     request_id = request_id_of(request)
     chat = ChatRequest(
-        params=params, body=body, context=RequestContext(request_id=request_id, key_uuid=key.uuid)
+        params=params,
+        body=body,
+        context=RequestContext(request_id=request_id, key_uuid=key.uuid),
+        cache_plan=PromptCachePlan.from_messages(params.messages),
     )
     bill = {
         "spec": spec,

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from infergate.cache.plan import PromptCachePlan
 from infergate.catalog import ModelSpec
 from infergate.schemas.chat import ChatCompletionRequest
 from infergate.usage import Usage
@@ -30,6 +31,7 @@ class ChatRequest:
     params: ChatCompletionRequest
     body: dict[str, Any]
     context: RequestContext
+    cache_plan: PromptCachePlan = field(default_factory=PromptCachePlan)
 
 
 @dataclass

@@ -109,6 +109,8 @@ class OpenAIUpstreamEngine(ChatEngine):
             self._count("bad_shape")
             raise UpstreamError(f"upstream {self.spec.id} answered without choices")
         usage = Usage.from_openai(body.pop("usage", None))
+        if usage is not None and request.cache_plan.explicit:
+            usage.cache_control = True  # the client used cache_control: answer in the seed's fields
         if usage is None:
             text = "".join(_message_text(c.get("message")) for c in body["choices"] if isinstance(c, dict))
             usage = Usage(
@@ -134,6 +136,8 @@ class OpenAIUpstreamEngine(ChatEngine):
                 raw_usage = chunk.pop("usage", None)
                 if raw_usage is not None:
                     usage = Usage.from_openai(raw_usage) or usage
+                    if usage is not None and request.cache_plan.explicit:
+                        usage.cache_control = True
                 if chunk.get("error"):
                     err = chunk["error"]
                     message = err.get("message") if isinstance(err, dict) else str(err)

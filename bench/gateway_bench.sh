@@ -192,13 +192,17 @@ infergate_start() { # label port [serve args...]: sets IG_PID; 0 when it answers
   return 0
 }
 
-ig_log_tail() { # label: recent ERROR/Traceback lines of a server log, into the notes
-  local f="$WORK/ig-$1.log" n
+ig_log_tail() { # label: error lines and tracebacks of a server log, into the notes
+  local f="$WORK/ig-$1.log" n closed pat='^Traceback|ERROR|CRITICAL|Exception|"status":5[0-9][0-9]'
   [ -f "$f" ] || return 0
-  n=$(grep -c -i -E 'traceback|error|exception' "$f")
+  # granian logs one INFO line per connection the client (wrk) drops mid-response at the end of a run
+  closed=$(grep -c 'ASGI transport error: "Closed' "$f")
+  [ "$closed" != 0 ] && note "infergate ($1) log: $closed \`[INFO] ASGI transport error: \"Closed(..)\"\` lines" \
+    "(granian, connections wrk closes when a run ends)."
+  n=$(grep -c -E "$pat" "$f")
   if [ "$n" != 0 ]; then
-    { echo "- infergate ($1) log has $n error/traceback lines; last ones:"; echo '```';
-      grep -i -E -A3 'traceback|error|exception' "$f" | tail -20; echo '```'; } >> "$WORK/notes"
+    { echo "- infergate ($1) log has $n error/traceback/5xx lines; last ones:"; echo '```';
+      grep -E -A6 "$pat" "$f" | grep -v '"status":2' | tail -20 | cut -c1-300; echo '```'; } >> "$WORK/notes"
   fi
 }
 

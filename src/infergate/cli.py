@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP server")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--server", choices=SERVERS, default="granian", help="ASGI server (default granian)")
+    serve.add_argument("--server", choices=SERVERS, default="uvicorn", help="ASGI server (default uvicorn)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (each loads the models)")
     serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (pydo needs it)")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")

@@ -101,12 +101,6 @@ def post_chat(
     return httpx.post(f"{server.url}/v1/chat/completions", content=content, headers=headers, timeout=30)
 
 
-PARAM_BUG = "BUG(schemas/chat.py): a check in a model_validator loses the field's location, so param is null"
-MESSAGE_PARAM_BUG = (
-    "BUG(schemas/chat.py): Message._role_rules is a model_validator, so param names the "
-    "message ('messages.0'), not the missing field"
-)
-
 # (body, expected param); every one is a 400 invalid_request_error
 BAD_BODIES = [
     # wrong types: strict, a string is not coerced into a number
@@ -132,13 +126,11 @@ BAD_BODIES = [
         chat(messages=[{"role": "user"}]),
         "messages.0.content",
         id="user-without-content",
-        marks=pytest.mark.xfail(strict=True, reason=MESSAGE_PARAM_BUG),
     ),
     pytest.param(
         chat(messages=[{"role": "tool", "content": "42"}]),
         "messages.0.tool_call_id",
         id="tool-without-tool_call_id",
-        marks=pytest.mark.xfail(strict=True, reason=MESSAGE_PARAM_BUG),
     ),
     pytest.param(
         chat(messages=[*USER, {"role": "user", "content": 5}]),
@@ -156,19 +148,16 @@ BAD_BODIES = [
         chat(stop=["a", "b", "c", "d", "e"]),
         "stop",
         id="five-stop-sequences",
-        marks=pytest.mark.xfail(strict=True, reason=PARAM_BUG),
     ),
     pytest.param(
         chat(top_logprobs=2),
         "top_logprobs",
         id="top_logprobs-without-logprobs",
-        marks=pytest.mark.xfail(strict=True, reason=PARAM_BUG),
     ),
     pytest.param(
         chat(stream_options={"include_usage": True}),
         "stream_options",
         id="stream_options-without-stream",
-        marks=pytest.mark.xfail(strict=True, reason=PARAM_BUG),
     ),
     pytest.param(
         chat(messages=part({"type": "persistent"})),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
@@ -74,22 +74,35 @@ class ToolCall(Strict):
 
 
 class Message(Strict):
+    # Role rules are field validators (not a model validator) so an error names the field at fault.
     role: Role
-    content: Content | None = None
+    content: Content | None = Field(default=None, validate_default=True)
     name: str | None = None
-    tool_calls: list[ToolCall] | None = None
-    tool_call_id: str | None = None
+    tool_calls: list[ToolCall] | None = Field(default=None, validate_default=True)
+    tool_call_id: str | None = Field(default=None, validate_default=True)
     refusal: str | None = None
 
-    @model_validator(mode="after")
-    def _role_rules(self) -> Message:
-        if self.role == "tool" and not self.tool_call_id:
-            raise ValueError("a 'tool' message needs tool_call_id")
-        if self.role != "assistant" and self.content is None:
-            raise ValueError(f"a '{self.role}' message needs content")
-        if self.role == "assistant" and self.content is None and not self.tool_calls:
+    @field_validator("content")
+    @classmethod
+    def _content_needed(cls, value: Any, info: ValidationInfo) -> Any:
+        role = info.data.get("role")
+        if value is None and role not in (None, "assistant"):
+            raise ValueError(f"a '{role}' message needs content")
+        return value
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _assistant_says_something(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.data.get("role") == "assistant" and info.data.get("content") is None and not value:
             raise ValueError("an 'assistant' message needs content or tool_calls")
-        return self
+        return value
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def _tool_call_id_needed(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.data.get("role") == "tool" and not value:
+            raise ValueError("a 'tool' message needs tool_call_id")
+        return value
 
     def text(self) -> str:
         """The message's text parts joined (images and audio are not text)."""
@@ -164,15 +177,26 @@ class ChatCompletionRequest(Strict):
     logit_bias: dict[str, float] | None = None
     user: str | None = Field(default=None, max_length=256)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> ChatCompletionRequest:
-        if isinstance(self.stop, list) and len(self.stop) > 4:
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, value: Any) -> Any:
+        if isinstance(value, list) and len(value) > 4:
             raise ValueError("stop takes at most 4 sequences")
-        if self.top_logprobs is not None and not self.logprobs:
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_needs_logprobs(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not info.data.get("logprobs"):
             raise ValueError("top_logprobs needs logprobs: true")
-        if self.stream_options is not None and not self.stream:
+        return value
+
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_stream(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not info.data.get("stream"):
             raise ValueError("stream_options is only allowed with stream: true")
-        return self
+        return value
 
     @property
     def output_limit(self) -> int | None:

@@ -189,6 +189,8 @@ infergate_start() { # label port [serve args...]: sets IG_PID; 0 when it answers
     [ -n "$IG_KEY" ] || { note "infergate keys create bench failed: $(tail -5 "$WORK/ig-keys.log" | tr '\n' ' ')"; IG_KEY=none; }
   fi
   sleep 1
+  # e.g. "infergate: serving 1 models on http://127.0.0.1:N (granian, 1 worker(s))"
+  IG_BANNER=$(sed -n 's/^infergate: serving .* models on [^ ]* (\(.*\))$/\1/p' "$WORK/ig-$label.log" | head -1)
   return 0
 }
 
@@ -289,6 +291,7 @@ gateway_main() {
   local skip_ll=${BENCH_SKIP_LITELLM:-}
   [ "${BENCH_QUICK:-0}" != 0 ] && [ -z "${BENCH_LITELLM:-}" ] && skip_ll=1
   local ll_version="" ig_version=""
+  IG_BANNER=""
 
   start_mock
   measure direct chat "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" none "$MOCK_PID" "$chat" "$concs"
@@ -347,7 +350,7 @@ YAML
 
   echo "Gateway overhead, $(date -u '+%Y-%m-%d %H:%M UTC'), ${DUR}s per run (+${WARM}s warmup), $(nproc) cores;"
   echo "wrk + mock on core 0, gateway on core 1, 1 worker each. LiteLLM ${ll_version:-(skipped)},"
-  echo "infergate ${ig_version:-(skipped)} (\`infergate serve --workers 1 ${BENCH_IG_SERVE_ARGS:-}\`)."
+  echo "infergate ${ig_version:-(skipped)} (\`infergate serve --workers 1${BENCH_IG_SERVE_ARGS:+ $BENCH_IG_SERVE_ARGS}\`${IG_BANNER:+ → $IG_BANNER})."
   echo
   report gateway; local rc=$?
   print_notes

@@ -4,8 +4,9 @@
 # The tables go to stdout and to bench/results/latest.md (gitignored); progress to stderr.
 #
 # Usage: bash bench/run_all.sh        (what `make bench` runs)
-# Env:   BENCH_DURATION (default 6), BENCH_QUICK=1 for a fast smoke run, and the variables
-#        documented in gateway_bench.sh and asgi_servers.sh.
+# Env:   BENCH_DURATION (default 6), BENCH_QUICK=1 for a fast smoke run, BENCH_LLAMA_ARGS (arguments
+#        for llama_bench.py; default none, "--runs 1 --tokens 32" with BENCH_QUICK=1), and the
+#        variables documented in gateway_bench.sh and asgi_servers.sh.
 set -u
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
@@ -14,6 +15,8 @@ mkdir -p "$OUT_DIR"
 TMP_OUT=$(mktemp "$OUT_DIR/.latest.XXXXXX")
 export BENCH_DURATION=${BENCH_DURATION:-$([ "${BENCH_QUICK:-0}" != 0 ] && echo 2 || echo 6)}
 FAILED=()
+# llama_bench.py arguments: fewer, shorter runs in a smoke run
+LLAMA_ARGS=${BENCH_LLAMA_ARGS-$([ "${BENCH_QUICK:-0}" != 0 ] && echo "--runs 1 --tokens 32")}
 
 section() { # title command...: runs a part, records its failure, keeps going
   local title=$1 rc; shift
@@ -39,7 +42,8 @@ section() { # title command...: runs a part, records its failure, keeps going
   section "Gateway overhead (bench/gateway_bench.sh)" bash "$HERE/gateway_bench.sh" "$REPO"
   section "ASGI servers (bench/asgi_servers.sh)" bash "$HERE/asgi_servers.sh" "$REPO"
   if [ -f "$HERE/llama_bench.py" ]; then
-    section "Local model (bench/llama_bench.py)" "$REPO/.venv/bin/python" "$HERE/llama_bench.py"
+    # shellcheck disable=SC2086 # BENCH_LLAMA_ARGS is a word list on purpose
+    section "Local model (bench/llama_bench.py)" "$REPO/.venv/bin/python" "$HERE/llama_bench.py" $LLAMA_ARGS
   fi
   if [ "${#FAILED[@]}" != 0 ]; then
     printf '\nFailed parts: %s\n' "${FAILED[*]}"

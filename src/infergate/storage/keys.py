@@ -60,9 +60,20 @@ class KeyRecord:
         }
 
 
+def _utc(ts: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every record carries aware UTC ones, whatever the database."""
+    return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
+
+
 def _record(row) -> KeyRecord:  # type: ignore[no-untyped-def]
     return KeyRecord(
-        row.uuid, row.name, row.secret_prefix, row.created_by, row.created_at, row.updated_at, row.deleted_at
+        row.uuid,
+        row.name,
+        row.secret_prefix,
+        row.created_by,
+        _utc(row.created_at),
+        _utc(row.updated_at),
+        _utc(row.deleted_at),
     )
 
 

@@ -109,24 +109,30 @@ cpu_ticks() { # pid: utime+stime clock ticks of the process and its descendants
   echo "$total"
 }
 
+core_ticks() { # core: "busy total" clock ticks of one CPU core since boot, from /proc/stat
+  # busy = user + nice + system + steal (irq/softirq left out: loopback traffic of the run itself)
+  awk -v c="cpu$1" '$1 == c { b = $2 + $3 + $4 + $9; print b, b + $5 + $6 + $7 + $8 }' /proc/stat
+}
+
 measure() { # target scenario url key pid lua-script "concurrencies"
-  local target=$1 scen=$2 url=$3 key=$4 pid=$5 script=$6 concs=$7 c out line t0 t1
+  local target=$1 scen=$2 url=$3 key=$4 pid=$5 script=$6 concs=$7 c out line t0 t1 k0 k1
   for c in $concs; do
     log "$target $scen c=$c (${DUR}s)"
     if [ "$WARM" != 0 ]; then
       BENCH_KEY="$key" taskset -c 0 wrk -t1 -c"$c" -d"${WARM}s" --timeout "$WRK_TIMEOUT" -s "$script" "$url" \
         >/dev/null 2>&1
     fi
-    t0=$(cpu_ticks "$pid")
+    t0=$(cpu_ticks "$pid"); k0=$(core_ticks 1)
     out=$(BENCH_KEY="$key" taskset -c 0 wrk -t1 -c"$c" -d"${DUR}s" --timeout "$WRK_TIMEOUT" --latency \
       -s "$script" "$url" 2>&1)
-    t1=$(cpu_ticks "$pid")
+    t1=$(cpu_ticks "$pid"); k1=$(core_ticks 1)
     line=$(grep '^RESULT' <<<"$out")
     if [ -z "$line" ]; then
       note "wrk produced no result for $target $scen c=$c: $(tr '\n' ' ' <<<"$out" | cut -c1-300)"
       line="RESULT rps=0 p50_ms=0 p99_ms=0 errors=1 non2xx=0 requests=0"
     fi
-    echo "$target $scen $c $line cpu_ticks=$(( t1 - t0 )) clk_tck=$CLK_TCK" >> "$WORK/results"
+    echo "$target $scen $c $line cpu_ticks=$(( t1 - t0 )) clk_tck=$CLK_TCK" \
+      "core1_busy=$(( ${k1% *} - ${k0% *} )) core1_total=$(( ${k1#* } - ${k0#* } ))" >> "$WORK/results"
   done
   echo "$target $(rss_tree_kb "$pid")" >> "$WORK/rss"
 }
@@ -230,16 +236,34 @@ def cpu_us(r):
     return f"{r['cpu_ticks'] / r['clk_tck'] * 1e6 / r['requests']:.0f}"
 
 
-print("| target | scenario | conc | req/s | p50 ms | p99 ms | added p50 ms | errors | CPU µs/req | RSS MB |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+def other_load(r):
+    """Share of core 1 busy with processes other than the server under test (%), or None."""
+    if not r.get("core1_total"):
+        return None
+    return max(0.0, 100 * (r["core1_busy"] - r["cpu_ticks"]) / r["core1_total"])
+
+
+print("| target | scenario | conc | req/s | p50 ms | p99 ms | added p50 ms | errors | CPU µs/req | RSS MB "
+      "| other load core 1 |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+disturbed = []
 for (target, scen, c), r in rows.items():
     d = rows.get(("direct", scen, c))
     added = "" if target == "direct" or not d else f"{r['p50_ms'] - d['p50_ms']:.2f}"
+    other = other_load(r) if target != "direct" else None
+    if other is not None and other > 10:
+        disturbed.append(f"{target} {scen} c={c} ({other:.0f} %)")
     print(f"| {target} | {scen} | {c} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {added} | "
-          f"{int(r['errors'] + r['non2xx'])} | {cpu_us(r)} | {'' if target == 'direct' else rss.get(target, '')} |")
+          f"{int(r['errors'] + r['non2xx'])} | {cpu_us(r)} | {'' if target == 'direct' else rss.get(target, '')} "
+          f"| {'' if other is None else f'{other:.0f} %'} |")
 print()
 print("Errors = socket errors + timeouts + non-2xx answers. CPU µs/req = CPU time of the server under test"
-      " (process tree, the mock for `direct`) divided by requests completed.")
+      " (process tree, the mock for `direct`) divided by requests completed. Other load core 1 = share of"
+      " the gateway's core used by other processes during the run (the machine is shared).")
+if disturbed:
+    print()
+    print(f"**Other processes used core 1 during: {', '.join(disturbed)}** — req/s and latency of those rows"
+          " are depressed; CPU µs/req (and the CPU ratio) is the steadier comparison.")
 print()
 missed = 0
 

@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(usage.router)
     app.include_router(health.router)
+    _hoist_request_body_defs(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -70,3 +71,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
+
+
+def _hoist_request_body_defs(app: FastAPI) -> None:
+    """Request bodies documented through `openapi_extra` carry their sub-schemas in `$defs`, with
+    refs written as `#/components/schemas/...`: move them there so every ref resolves."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                content = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+                for name, sub in content.get("schema", {}).pop("$defs", {}).items():
+                    components.setdefault(name, sub)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

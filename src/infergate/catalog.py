@@ -21,6 +21,11 @@ Backend = Literal["llama_cpp", "openai", "diffusers", "espeak"]
 
 SMOLLM2_ID = "smollm2-135m-instruct"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_PRICE_MULTIPLIERS = {
+    "cache_write_5m": Decimal("1.25"),
+    "cache_write_1h": Decimal(2),
+    "cache_read": Decimal("0.1"),
+}
 BUILTIN_CREATED = 1764028800  # 2025-11-25, a fixed `created` so /v1/models is stable across restarts
 
 
@@ -69,9 +74,12 @@ class ModelSpec(BaseModel):
     def upstream_name(self) -> str:
         return self.upstream_model or self.id
 
-    def price_nano(self, which: str) -> int:
-        """Price of one token of a class, in nano-USD (1 USD per 1M tokens = 1000 nano-USD/token)."""
-        base = Decimal(str(self.input_price))
+    def price_nano(self, which: str) -> Decimal:
+        """Exact price of one token of a class in nano-USD (1 USD per 1M tokens = 1000 nano-USD).
+
+        A Decimal, not an int: $0.075/1M is 75 nano-USD per token but its 0.1x cache read is 7.5;
+        rounding happens once per request (`Usage.cost_nano_usd`), never per token.
+        """
         explicit = {
             "input": self.input_price,
             "output": self.output_price,
@@ -82,15 +90,8 @@ class ModelSpec(BaseModel):
         if explicit is not None:
             price = Decimal(str(explicit))
         else:
-            price = (
-                base
-                * {
-                    "cache_write_5m": Decimal("1.25"),
-                    "cache_write_1h": Decimal(2),
-                    "cache_read": Decimal("0.1"),
-                }[which]
-            )
-        return int((price * 1000).to_integral_value())
+            price = Decimal(str(self.input_price)) * CACHE_PRICE_MULTIPLIERS[which]
+        return price * 1000
 
 
 def packaged_smollm2_path() -> str | None:

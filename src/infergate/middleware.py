@@ -17,6 +17,17 @@ from infergate.observability import LATENCY, REQUESTS, log_access
 PASSTHROUGH_PATHS = ("/health", "/metrics")
 
 
+def route_label(scope: Scope) -> str:
+    """The route's path template (bounded label cardinality), with the /v1 prefix that FastAPI's
+    included routers keep out of `route.path`, so /v1/x and its unprefixed twin stay apart."""
+    path = getattr(scope.get("route"), "path", None)
+    if not path:
+        return "unmatched"
+    if scope["path"].startswith("/v1/") and not path.startswith("/v1/"):
+        return "/v1" + path
+    return path
+
+
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
 
@@ -104,8 +115,7 @@ class GatewayMiddleware:
 
     def _finish(self, scope: Scope, start: float, status: int, request_id: str) -> None:
         elapsed = time.perf_counter() - start
-        route = scope.get("route")
-        route_path = getattr(route, "path", None) or "unmatched"
+        route_path = route_label(scope)
         REQUESTS.labels(route_path, scope["method"], str(status)).inc()
         LATENCY.labels(route_path).observe(elapsed)
         if scope["path"] in PASSTHROUGH_PATHS:

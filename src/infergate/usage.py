@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +49,15 @@ class Usage:
         return self.input_tokens + self.output_tokens
 
     def cost_nano_usd(self, spec: ModelSpec) -> int:
-        return (
+        """Cost in whole nano-USD: exact per-token prices summed, rounded once (half to even)."""
+        exact = (
             self.uncached_input_tokens * spec.price_nano("input")
             + self.output_tokens * spec.price_nano("output")
             + self.cache_read_tokens * spec.price_nano("cache_read")
             + self.cache_write_5m_tokens * spec.price_nano("cache_write_5m")
             + self.cache_write_1h_tokens * spec.price_nano("cache_write_1h")
         )
+        return int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
 
     def to_chat(self) -> dict[str, Any]:
         """The chat.completion `usage` object (the seed's shape when cache_control was used)."""

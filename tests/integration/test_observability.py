@@ -88,14 +88,6 @@ def test_requests_total_counts_by_route_method_status(server: ServerProcess, key
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG(middleware.py _finish): the route label is scope['route'].path, which FastAPI keeps relative to "
-        "the included router, so POST /v1/chat/completions and POST /chat/completions are both counted as "
-        'route="/chat/completions" (and GET /v1/models as "/models")'
-    ),
-)
 def test_route_label_is_the_public_path(server: ServerProcess, key: str) -> None:
     assert chat(server, key).status_code == 200
     assert httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200

@@ -14,7 +14,6 @@ pytest 9 (it sets `request.node._nodeid`, which pytest 9 removed), so each opera
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,11 +50,6 @@ WITH_BODY = [
     and not op.endswith("/regenerate")
 ]
 ADMIN_PATHS = ("/v2/gen-ai/models/api_keys", "/v2/gen-ai/usage")
-DANGLING_REFS_BUG = (
-    "BUG(api/chat.py OPENAPI_BODY): the chat request schema refers to "
-    "#/components/schemas/Message etc. but those models stay in an inline `$defs`, so the "
-    "document's $refs do not resolve and tools see no request body"
-)
 
 
 def refs(node: Any) -> Iterator[str]:
@@ -79,17 +73,6 @@ def dangling_refs(document: dict[str, Any]) -> set[str]:
     }
 
 
-def hoist_defs(document: dict[str, Any]) -> dict[str, Any]:
-    """Work around DANGLING_REFS_BUG so the chat body is fuzzed today: move inline `$defs` to components."""
-    document = copy.deepcopy(document)
-    components = document.setdefault("components", {}).setdefault("schemas", {})
-    for operations in document["paths"].values():
-        for operation in operations.values():
-            for media in operation.get("requestBody", {}).get("content", {}).values():
-                components.update(media.get("schema", {}).pop("$defs", {}))
-    return document
-
-
 @pytest.fixture(scope="module")
 def document(server: ServerProcess) -> dict[str, Any]:
     r = httpx.get(f"{server.url}/openapi.json")
@@ -99,7 +82,7 @@ def document(server: ServerProcess) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def api_schema(document: dict[str, Any], server: ServerProcess) -> schemathesis.BaseSchema:
-    loaded = schemathesis.openapi.from_dict(hoist_defs(document))
+    loaded = schemathesis.openapi.from_dict(document)
     loaded.config.update(base_url=server.url)
     return loaded
 
@@ -171,17 +154,12 @@ def test_document_lists_the_public_routes(api_schema: schemathesis.BaseSchema) -
         assert operation is not None and len(operation.body) == 1, f"{label}: no request body in the document"
 
 
-@pytest.mark.xfail(strict=True, reason=DANGLING_REFS_BUG)
 def test_every_ref_in_the_served_document_resolves(document: dict[str, Any]) -> None:
     assert dangling_refs(document) == set()
 
 
-def test_served_document_without_dangling_refs_shows_the_chat_body(document: dict[str, Any]) -> None:
-    """The check above can pass: with the `$defs` hoisted nothing dangles and schemathesis sees the body."""
-    assert dangling_refs(hoist_defs(document)) == set()
-    chat = schemathesis.openapi.from_dict(hoist_defs(document)).find_operation_by_label(
-        "POST /v1/chat/completions"
-    )
+def test_served_document_shows_the_chat_body(document: dict[str, Any]) -> None:
+    chat = schemathesis.openapi.from_dict(document).find_operation_by_label("POST /v1/chat/completions")
     assert chat is not None and len(chat.body) == 1
 
 

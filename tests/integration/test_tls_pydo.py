@@ -4,9 +4,9 @@ pydo (azure-core) refuses to send a bearer token over plain http, so a server th
 users serves TLS: here with a throwaway CA and a certificate for 127.0.0.1 made by `trustme`, and
 pydo told to trust that CA through azure-core's `connection_verify=<CA file>`.
 
-pydo 0.44.0 documents `genai.create_model_api_key` as retired on DigitalOcean (it only accepts a
-410 answer), so it raises on our 200 even though the key was created; creating a key with pydo
-goes through `client.send_request(...)`. Every other key call is the generated method.
+pydo 0.44.0 documents `genai.create_model_api_key` as retired on DigitalOcean and accepts only a
+410 answer; infergate answers pydo's generated client with the created key and status 410, so
+the generated method works unchanged (other clients get 200).
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ import pytest
 import trustme
 from azure.core.exceptions import (
     ClientAuthenticationError,
-    HttpResponseError,
     ServiceRequestError,
 )
-from azure.core.rest import HttpRequest
 from pydo import Client
 
 from tests.conftest import upstream_catalog
@@ -85,9 +83,7 @@ def admin(tls_server: ServerProcess, tls: TLSFiles) -> Iterator[Client]:
 
 
 def create_key(admin: Client, name: str) -> dict[str, Any]:
-    response = admin.send_request(HttpRequest("POST", KEYS_PATH, json={"name": name}))
-    assert response.status_code == 200, response.text()
-    return response.json()["api_key_info"]
+    return admin.genai.create_model_api_key(body={"name": name})["api_key_info"]
 
 
 def chat(client: Client) -> dict[str, Any]:
@@ -109,12 +105,21 @@ def test_certificate_is_checked(tls_server: ServerProcess, tls: TLSFiles) -> Non
     assert r.status_code == 200 and r.url.scheme == "https"
 
 
-def test_generated_create_rejects_200_because_pydo_thinks_it_retired(admin: Client) -> None:
-    """Documents pydo 0.44.0: the generated create accepts only 410, so the secret is lost to its callers."""
-    with pytest.raises(HttpResponseError) as info:
-        admin.genai.create_model_api_key(body={"name": "via-generated-create"})
-    assert info.value.status_code == 200
-    assert info.value.response.json()["api_key_info"]["secret_key"].startswith("sk-ig-")
+def test_generated_create_returns_the_secret_once(
+    admin: Client, tls: TLSFiles, tls_server: ServerProcess
+) -> None:
+    created = admin.genai.create_model_api_key(body={"name": "via-generated-create"})["api_key_info"]
+    assert created["secret_key"].startswith("sk-ig-") and created["name"] == "via-generated-create"
+    listed = admin.genai.list_model_api_keys(page=1, per_page=200)["api_key_infos"]
+    assert [k["secret_key"] for k in listed if k["uuid"] == created["uuid"]] == [None]
+    # any other client gets the ordinary 200
+    r = httpx.post(
+        f"{tls_server.url}{KEYS_PATH}",
+        json={"name": "plain"},
+        headers=tls_server.admin(),
+        verify=ssl.create_default_context(cafile=tls.ca),
+    )
+    assert r.status_code == 200 and r.json()["api_key_info"]["secret_key"].startswith("sk-ig-")
 
 
 def test_pydo_key_lifecycle_and_inference(tls_server: ServerProcess, tls: TLSFiles, admin: Client) -> None:

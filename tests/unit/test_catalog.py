@@ -263,14 +263,6 @@ def test_cost_of_a_request() -> None:
     assert usage.cost_nano_usd(spec) == 400 * 3000 + 100 * 15000 + 400 * 300 + 200 * 3750
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG(catalog.py price_nano): prices are rounded to whole nano-USD per token before multiplying, so a "
-        "cache read at input $0.075/1M (7.5 nano/token) bills 8 nano/token, 6.7% too much; prices under "
-        "$0.0005/1M bill nothing"
-    ),
-)
 @pytest.mark.parametrize(
     ("input_price", "tokens", "expected_nano"),
     [

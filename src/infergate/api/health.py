@@ -15,13 +15,16 @@ from infergate.schemas.common import error_responses
 router = APIRouter(tags=["probes"])
 
 
-@router.get("/health", summary="200 while the process lives")
+@router.api_route("/health", methods=["GET", "HEAD"], summary="200 while the process lives")
 async def health() -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get(
-    "/ready", responses=error_responses(503), summary="200 when the database and default model can serve"
+@router.api_route(
+    "/ready",
+    methods=["GET", "HEAD"],
+    responses=error_responses(503),
+    summary="200 when the database and default model can serve",
 )
 async def ready(request: Request) -> Response:
     reason = await asyncio.to_thread(platform_of(request).readiness)

@@ -18,6 +18,7 @@ from infergate.schemas.keys import APIKeyInfoResponse, APIKeyListResponse, Creat
 
 router = APIRouter(prefix="/v2/gen-ai/models/api_keys", tags=["model access keys"])
 ERRORS = error_responses(400, 401, 404, 413)
+PYDO_USER_AGENT = "azsdk-python-pydo/"
 
 
 def _admin(request: Request) -> Platform:
@@ -49,6 +50,15 @@ async def create_key(request: Request) -> Response:
     body = validate(CreateKeyBody, await json_body(request))
     record, secret = await asyncio.to_thread(platform.keys.create, body.name, "admin")
     await platform.key_cache.changed()
+    if PYDO_USER_AGENT in request.headers.get("user-agent", ""):
+        # pydo 0.44 believes this DigitalOcean endpoint retired and accepts only a 410 answer; any
+        # other status raises after the key was made, losing the secret. Its generated client gets
+        # the created key with status 410, so `client.genai.create_model_api_key(...)` works.
+        return json_response(
+            {"api_key_info": record.info(secret)},
+            status=410,
+            headers={"x-infergate-compat": "pydo-create-410"},
+        )
     return json_response({"api_key_info": record.info(secret)})
 
 

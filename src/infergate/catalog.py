@@ -106,9 +106,13 @@ def packaged_smollm2_path() -> str | None:
     return None
 
 
-def builtin_models(data_dir: Path) -> list[ModelSpec]:
+def _default_gguf(data_dir: Path) -> str | None:
     local = data_dir / "models" / SMOLLM2_FILE
-    path = str(local) if local.exists() else packaged_smollm2_path()
+    return str(local) if local.exists() else packaged_smollm2_path()
+
+
+def builtin_models(data_dir: Path) -> list[ModelSpec]:
+    path = _default_gguf(data_dir)
     return [
         ModelSpec(
             id=SMOLLM2_ID,
@@ -188,6 +192,8 @@ class Catalog:
                 raise CatalogError(
                     f"{label}: field 'api_key_env': environment variable {spec.api_key_env} is not set"
                 )
+            if spec.backend == "llama_cpp" and not spec.path:  # the packaged SmolLM2 is the default GGUF
+                spec = spec.model_copy(update={"path": _default_gguf(data_dir)})
             seen.add(spec.id)
             models[spec.id] = spec
         return cls(list(models.values()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,10 +15,27 @@ from infergate.api import chat, health, keys, models, usage
 from infergate.api.errors import exception_handlers
 from infergate.config import Settings
 from infergate.middleware import GatewayMiddleware
-from infergate.observability import setup_logging
+from infergate.observability import ACCESS_LOG, setup_logging
 from infergate.platform import Platform
 
 log = logging.getLogger("infergate")
+
+
+# Hot routes dispatched by GatewayMiddleware without FastAPI's router (see middleware.py).
+FAST_ROUTES = {
+    (method, prefix + path): endpoint
+    for prefix in ("/v1", "")
+    for method, path, endpoint in (
+        ("POST", "/chat/completions", chat.create_chat_completion),
+        ("GET", "/models", models.list_models),
+    )
+}
+
+
+async def _flush_access_log_forever() -> None:
+    while True:
+        await asyncio.sleep(0.2)
+        ACCESS_LOG.flush()
 
 
 def inference_router() -> APIRouter:
@@ -36,13 +54,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         platform = Platform(settings)
         await platform.start()
         app.state.platform = platform
+        flusher = asyncio.create_task(_flush_access_log_forever())
         log.info(
             "infergate %s ready: %d models, data in %s", __version__, len(platform.catalog), settings.data_dir
         )
         try:
             yield
         finally:
+            flusher.cancel()
             await platform.close()  # after the server drained in-flight requests: flush the ledger
+            ACCESS_LOG.flush()
             log.info("infergate stopped; ledger flushed")
 
     app = FastAPI(
@@ -60,6 +81,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(usage.router)
     app.include_router(health.router)
     _hoist_request_body_defs(app)
+    app.add_middleware(
+        GatewayMiddleware, max_body_bytes=settings.max_body_bytes, fast_routes=FAST_ROUTES, asgi_app=app
+    )
+    # CORS outermost: it must also wrap the fast-path routes and the 413 answers of GatewayMiddleware.
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -69,7 +94,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["x-request-id"],
             max_age=600,
         )
-    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
 
 

@@ -32,32 +32,69 @@ def metrics_payload() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-class JsonLineHandler(logging.Handler):
-    """Writes each access record as one JSON object per line (cheap: orjson, no formatter)."""
+_request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    def __init__(self, stream: Any = None) -> None:
-        super().__init__()
-        self.stream = stream or sys.stderr
 
-    def emit(self, record: logging.LogRecord) -> None:
+def count_request(route: str, method: str, status: int, seconds: float) -> None:
+    """`labels()` builds and locks on every call; the children are cached per label set."""
+    children = _request_children.get((route, method, status))
+    if children is None:
+        children = (REQUESTS.labels(route, method, str(status)), LATENCY.labels(route))
+        _request_children[(route, method, status)] = children
+    children[0].inc()
+    children[1].observe(seconds)
+
+
+_token_children: dict[str, tuple[Any, Any]] = {}
+
+
+def count_tokens(model: str, input_tokens: int, output_tokens: int) -> None:
+    children = _token_children.get(model)
+    if children is None:
+        children = _token_children[model] = (TOKENS.labels(model, "input"), TOKENS.labels(model, "output"))
+    if input_tokens:
+        children[0].inc(input_tokens)
+    if output_tokens:
+        children[1].inc(output_tokens)
+
+
+class AccessLog:
+    """JSON-lines access log on stderr, written in batches: one write per flush, not per request.
+
+    Lines are flushed when 256 are pending, by `flush()` (called every 200 ms by the app, and at
+    shutdown), so a line is at most that late.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.stream: Any = sys.stderr
+        self._pending: list[bytes] = []
+
+    def write(self, fields: dict[str, Any]) -> None:
+        fields["ts"] = round(time.time(), 3)
+        self._pending.append(orjson.dumps(fields))
+        if len(self._pending) >= 256:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        lines, self._pending = self._pending, []
         try:
-            self.stream.write(orjson.dumps(record.msg).decode() + "\n")
+            self.stream.write(b"\n".join(lines).decode() + "\n")
+            self.stream.flush()
         except Exception:  # logging must never break a request
-            self.handleError(record)
+            pass
 
 
-access_log = logging.getLogger("infergate.access")
-access_log.propagate = False
+ACCESS_LOG = AccessLog()
 
 
 def setup_logging(access: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if access and not access_log.handlers:
-        access_log.addHandler(JsonLineHandler())
-    access_log.setLevel(logging.INFO if access else logging.CRITICAL)
+    ACCESS_LOG.enabled = access
 
 
 def log_access(fields: dict[str, Any]) -> None:
-    if access_log.isEnabledFor(logging.INFO):
-        fields["ts"] = round(time.time(), 3)
-        access_log.info(fields)
+    if ACCESS_LOG.enabled:
+        ACCESS_LOG.write(fields)

@@ -17,7 +17,7 @@ from infergate.config import Settings
 from infergate.engines.base import ChatEngine, Engine
 from infergate.engines.registry import BackendMissing, build_engine
 from infergate.errors import InvalidRequest, NotFound, Unavailable
-from infergate.observability import LEDGER_PENDING, TOKENS
+from infergate.observability import LEDGER_PENDING, count_tokens
 from infergate.storage.db import open_database
 from infergate.storage.keys import KeyRepository
 from infergate.storage.ledger import LedgerRepository
@@ -116,10 +116,7 @@ class Platform:
             )
         )
         LEDGER_PENDING.inc()
-        if usage.input_tokens:
-            TOKENS.labels(spec.id, "input").inc(usage.input_tokens)
-        if usage.output_tokens:
-            TOKENS.labels(spec.id, "output").inc(usage.output_tokens)
+        count_tokens(spec.id, usage.input_tokens, usage.output_tokens)
 
     def readiness(self) -> str | None:
         try:

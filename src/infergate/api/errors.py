@@ -175,3 +175,11 @@ def exception_handlers() -> dict[Any, Any]:
         DBAPIError: handle_database_error,
         Exception: handle_unexpected,
     }
+
+
+async def render_exception(request: Request, exc: Exception) -> Response:
+    """The same mapping as `exception_handlers`, for endpoints called outside FastAPI's router."""
+    for kind, handler in exception_handlers().items():
+        if isinstance(exc, kind):
+            return await handler(request, exc)
+    return await handle_unexpected(request, exc)

@@ -34,20 +34,31 @@ async def _wait_disconnect(receive: Receive) -> None:
 
 
 async def run_until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
-    """Await `work`; if the client disconnects first, cancel it and raise ClientGone."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    """Await `work` in this task; if the client disconnects first, cancel it and raise ClientGone.
+
+    One watcher task that cancels this one (cheaper than racing two tasks with asyncio.wait).
+    """
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _wait_disconnect(receive)
+        gone = True
+        current.cancel()
+
+    watcher = asyncio.create_task(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if gone:
+            current.uncancel()
+            raise ClientGone("client closed the request") from None
+        raise
     finally:
         if not watcher.done():
             watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
-    raise ClientGone("client closed the request")
 
 
 class SSEResponse(Response):

@@ -102,7 +102,7 @@ class LlamaCppEngine(ChatEngine):
 
     def readiness(self) -> str | None:
         state = self.scheduler.state
-        if state in ("ready", "unloaded"):  # an idle-unloaded model reloads on the next request
+        if state in ("ready", "unloaded", "reloading"):  # idle-unloaded models reload on demand
             return None
         if state == "failed":
             return f"model failed to load: {self.scheduler.error}"

@@ -245,7 +245,8 @@ class Scheduler:
         if not self.spec.path:
             self.state, self.error = "failed", "no GGUF path configured"
             raise RuntimeError(self.error)
-        self.state = "loading"
+        # a reload after idle unload keeps the engine "ready": the request simply waits for it
+        self.state = "loading" if self.state in ("not started", "loading", "failed") else "reloading"
         started = time.monotonic()
         try:
             self._model = LoadedModel(self.spec.path, self.spec.n_ctx, self.parallel, self.threads)

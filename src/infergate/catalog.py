@@ -50,6 +50,8 @@ class ModelSpec(BaseModel):
     parallel: int = Field(default=4, ge=1, le=64, description="sequences decoded together")
     max_queue: int = Field(default=64, ge=0, le=100_000, description="waiting requests before 429")
     idle_unload: float | None = Field(default=None, gt=0, description="seconds idle before unloading")
+    prompt_cache_mb: float = Field(default=256, ge=0, description="saved prompt prefixes in memory (0: off)")
+    prompt_cache_disk_mb: float = Field(default=1024, ge=0, description="spill of evicted prefixes (0: none)")
     # openai-compatible upstreams
     base_url: str | None = Field(default=None, pattern=r"^https?://")
     api_key_env: str | None = None

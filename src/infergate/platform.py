@@ -48,7 +48,7 @@ class Platform:
         await self.key_cache.start_fanout(self.settings.redis_url)
         for spec in self.catalog:
             try:
-                engine = build_engine(spec)
+                engine = build_engine(spec, self.settings.data_dir)
             except BackendMissing as exc:
                 self.engine_errors[spec.id] = str(exc)
                 continue

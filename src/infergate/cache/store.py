@@ -9,6 +9,7 @@ Thread-safe: the engine's worker thread and the event loop may both touch it.
 
 from __future__ import annotations
 
+import array
 import hashlib
 import os
 import threading
@@ -22,9 +23,10 @@ Clock = Callable[[], float]
 
 
 def prefix_key(model_id: str, tokens: Sequence[int]) -> str:
+    """sha256 over the model id and the tokens as int32s (fast enough to try every stored length)."""
     digest = hashlib.sha256(model_id.encode())
     digest.update(b"\0")
-    digest.update(",".join(map(str, tokens)).encode())
+    digest.update(array.array("i", tokens).tobytes())
     return digest.hexdigest()
 
 
@@ -35,7 +37,7 @@ class CacheEntry:
     ttl_seconds: float
     expires_at: float
     size: int
-    state: bytes | None  # None while spilled to disk
+    state: bytes | bytearray | None  # None while spilled to disk
 
 
 @dataclass
@@ -98,8 +100,34 @@ class KVStateStore:
             entry = self._entries.get(key)
             return entry is not None and entry.expires_at > self.clock()
 
+    def touch(self, key: str) -> bool:
+        """A read served without loading the state (the tokens were still in a KV slot): refresh
+        the TTL and the LRU position. False when the entry is absent or expired."""
+        with self._lock:
+            entry = self._entries.get(key)
+            now = self.clock()
+            if entry is None or entry.expires_at <= now:
+                return False
+            entry.expires_at = now + entry.ttl_seconds
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return True
+
+    def discard(self, key: str) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._drop(entry)
+
+    def lengths(self) -> list[int]:
+        """Distinct prefix lengths (tokens) of the live entries, longest first: what a prompt
+        without breakpoints can look up."""
+        with self._lock:
+            now = self.clock()
+            return sorted({e.n_tokens for e in self._entries.values() if e.expires_at > now}, reverse=True)
+
     # -- writes --------------------------------------------------------------------------------
-    def put(self, key: str, state: bytes, n_tokens: int, ttl_seconds: float) -> bool:
+    def put(self, key: str, state: bytes | bytearray, n_tokens: int, ttl_seconds: float) -> bool:
         """Store a state; an existing live entry keeps the longer of the two TTLs. False if it
         cannot fit the budget at all."""
         size = len(state)
@@ -196,9 +224,9 @@ class KVStateStore:
         self._disk += entry.size
         return True
 
-    def _load(self, entry: CacheEntry) -> bytes:
+    def _load(self, entry: CacheEntry) -> bytes | bytearray:
         path = self._path(entry.key)
-        state = path.read_bytes()
+        state = bytearray(path.read_bytes())
         path.unlink(missing_ok=True)
         self._disk -= entry.size
         return state

@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from infergate.cache.plan import PromptCachePlan
@@ -43,8 +44,9 @@ class ChatResult:
 
 
 class Engine(ABC):  # noqa: B024 - kinds add their abstract methods
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, data_dir: Path | None = None) -> None:
         self.spec = spec
+        self.data_dir = data_dir  # where an engine may keep files (None: keep nothing on disk)
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Load weights / open connection pools. Called once at server start."""

@@ -11,19 +11,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import llama_cpp as L
 
+from infergate.cache.store import Clock, KVStateStore
 from infergate.catalog import ModelSpec
 from infergate.engines.base import ChatEngine, ChatRequest, ChatResult
+from infergate.engines.llama_prefix import CacheUsage, PrefixCache
 from infergate.engines.llama_prompt import ToolPlan, chat_messages, parse_tool_call, plan_tools
 from infergate.engines.llama_sampling import JSON_OBJECT_GBNF, SamplingOptions, schema_grammar
-from infergate.engines.llama_scheduler import Delta, Done, Event, Failed, Job, Scheduler, Started
+from infergate.engines.llama_scheduler import Cached, Delta, Done, Event, Failed, Job, Scheduler, Started
 from infergate.errors import InvalidRequest
 from infergate.schemas.chat import ChatCompletionRequest
 from infergate.usage import Usage
@@ -78,13 +82,42 @@ class _Choice:
     held_lp: list[dict[str, Any]] = field(default_factory=list)
 
 
+def prompt_cache_store(spec: ModelSpec, data_dir: Path | None, clock: Clock = time.monotonic) -> KVStateStore:
+    """The model's saved-prefix store: `prompt_cache_mb` in memory, spilling up to
+    `prompt_cache_disk_mb` to `<data dir>/prompt-cache/<model id>/`."""
+    spill_dir = None
+    if data_dir is not None and spec.prompt_cache_disk_mb > 0:
+        spill_dir = data_dir / "prompt-cache" / re.sub(r"[^A-Za-z0-9._-]", "_", spec.id)
+    return KVStateStore(
+        memory_budget=int(spec.prompt_cache_mb * 2**20),
+        spill_dir=spill_dir,
+        disk_budget=int(spec.prompt_cache_disk_mb * 2**20),
+        clock=clock,
+    )
+
+
+def _usage(prompt_tokens: int, done: dict[int, Done], cache: CacheUsage | None, explicit: bool) -> Usage:
+    cache = cache or CacheUsage()
+    return Usage(
+        input_tokens=prompt_tokens,
+        output_tokens=sum(d.output_tokens for d in done.values()),
+        cache_read_tokens=cache.read,
+        cache_write_5m_tokens=cache.write_5m,
+        cache_write_1h_tokens=cache.write_1h,
+        cache_control=explicit,
+    )
+
+
 class LlamaCppEngine(ChatEngine):
     """A GGUF chat model. API: start(), close(), readiness(), complete(), stream()."""
 
-    def __init__(self, spec: ModelSpec) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: ModelSpec, data_dir: Path | None = None, clock: Clock = time.monotonic) -> None:
+        super().__init__(spec, data_dir)
         self.threads = spec.threads or os.cpu_count() or 1
-        self.scheduler = Scheduler(spec, self.threads)
+        self.prompt_cache: PrefixCache | None = None
+        if spec.prompt_cache_mb > 0:
+            self.prompt_cache = PrefixCache(spec.id, prompt_cache_store(spec, data_dir, clock))
+        self.scheduler = Scheduler(spec, self.threads, self.prompt_cache)
         self.system_fingerprint = _fingerprint(spec)
         self._started = False
 
@@ -131,13 +164,16 @@ class LlamaCppEngine(ChatEngine):
         def deliver(events: list[Event]) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, events)
 
+        breakpoints = request.cache_plan.breakpoints
         job = Job(
-            messages=chat_messages(params, plan),
+            messages=chat_messages(params, plan, breakpoints),
             n=params.n,
             max_tokens=params.output_limit,
             stop=[s for s in stop if s],
             sampling=sampling,
             deliver=deliver,
+            cache_ttls=[bp.ttl for bp in breakpoints],
+            explicit_cache=request.cache_plan.explicit,
         )
         self.scheduler.submit(job)
         return job, queue, plan
@@ -161,6 +197,7 @@ class LlamaCppEngine(ChatEngine):
         lps: list[list[dict[str, Any]]] = [[] for _ in range(n)]
         done: dict[int, Done] = {}
         prompt_tokens = 0
+        cache: CacheUsage | None = None
         try:
             while len(done) < n:
                 for ev in await queue.get():
@@ -168,6 +205,8 @@ class LlamaCppEngine(ChatEngine):
                         texts[ev.index].append(ev.text)
                         if ev.logprobs:
                             lps[ev.index].extend(ev.logprobs)
+                    elif isinstance(ev, Cached):
+                        cache = ev.usage
                     elif isinstance(ev, Started):
                         prompt_tokens = ev.prompt_tokens
                     elif isinstance(ev, Done):
@@ -195,8 +234,7 @@ class LlamaCppEngine(ChatEngine):
             "service_tier": None,
             "system_fingerprint": self.system_fingerprint,
         }
-        usage = Usage(input_tokens=prompt_tokens, output_tokens=sum(d.output_tokens for d in done.values()))
-        return ChatResult(body=body, usage=usage)
+        return ChatResult(body=body, usage=_usage(prompt_tokens, done, cache, job.explicit_cache))
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any] | Usage]:
         job, queue, plan = self._submit(request)
@@ -206,6 +244,7 @@ class LlamaCppEngine(ChatEngine):
         states = [_Choice(initial) for _ in range(job.n)]
         done: dict[int, Done] = {}
         prompt_tokens = 0
+        cache: CacheUsage | None = None
 
         def chunk(
             index: int,
@@ -230,6 +269,8 @@ class LlamaCppEngine(ChatEngine):
                 for ev in await queue.get():
                     if isinstance(ev, Delta):
                         out.extend(self._stream_delta(states[ev.index], ev, chunk))
+                    elif isinstance(ev, Cached):
+                        cache = ev.usage
                     elif isinstance(ev, Started):
                         prompt_tokens = ev.prompt_tokens
                         out.extend(
@@ -246,7 +287,7 @@ class LlamaCppEngine(ChatEngine):
         finally:
             if len(done) < job.n:
                 self.scheduler.cancel(job)
-        yield Usage(input_tokens=prompt_tokens, output_tokens=sum(d.output_tokens for d in done.values()))
+        yield _usage(prompt_tokens, done, cache, job.explicit_cache)
 
     @staticmethod
     def _stream_delta(state: _Choice, ev: Delta, chunk: Any) -> list[dict[str, Any]]:

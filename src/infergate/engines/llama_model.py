@@ -116,9 +116,10 @@ class LoadedModel:
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.formatter(messages=messages).prompt
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str, bos: bool = True) -> list[int]:
+        """Tokens of `text` (special tokens parsed); `bos=False` for a piece that continues a prompt."""
         data = text.encode("utf-8")
-        add_bos = self.add_bos and not (self.bos_text and text.startswith(self.bos_text))
+        add_bos = bos and self.add_bos and not (self.bos_text and text.startswith(self.bos_text))
         cap = len(data) + 8
         buf = (L.llama_token * cap)()
         n = L.llama_tokenize(self.vocab, data, len(data), buf, cap, add_bos, True)

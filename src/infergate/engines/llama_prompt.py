@@ -8,12 +8,15 @@ grammar-constrained to one JSON object {"name": ..., "arguments": {...}}.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from infergate.cache.plan import Breakpoint
+from infergate.engines.llama_prefix import breakpoint_mark
 from infergate.engines.llama_sampling import TOOL_TRIGGER_PATTERNS, schema_grammar, tool_call_schema
 from infergate.errors import InvalidRequest
-from infergate.schemas.chat import ChatCompletionRequest, NamedToolChoice
+from infergate.schemas.chat import ChatCompletionRequest, Message, NamedToolChoice, TextPart
 
 # Used when a GGUF carries no chat template.
 CHATML_TEMPLATE = (
@@ -79,12 +82,35 @@ def _tool_instructions(plan: ToolPlan) -> str:
     return "\n".join(lines)
 
 
-def chat_messages(params: ChatCompletionRequest, plan: ToolPlan) -> list[dict[str, str]]:
-    """The request's messages as plain {role, content} dicts a Jinja chat template can render."""
+def _marked_text(msg: Message, marks: dict[int, int]) -> str:
+    """The message's text with a breakpoint mark after each part that carries cache_control."""
+    content = msg.content
+    if not marks or content is None or isinstance(content, str):
+        return msg.text()
+    parts = content if isinstance(content, list) else [content]
+    out: list[str] = []
+    for index, part in enumerate(parts):
+        if isinstance(part, TextPart):
+            out.append(part.text)
+        if index in marks:
+            out.append(breakpoint_mark(marks[index]))
+    return "".join(out)
+
+
+def chat_messages(
+    params: ChatCompletionRequest, plan: ToolPlan, breakpoints: Sequence[Breakpoint] = ()
+) -> list[dict[str, str]]:
+    """The request's messages as plain {role, content} dicts a Jinja chat template can render.
+
+    Breakpoint k (cache_control) leaves `breakpoint_mark(k)` right after its part's text.
+    """
+    marks: dict[int, dict[int, int]] = {}
+    for k, bp in enumerate(breakpoints):
+        marks.setdefault(bp.message_index, {})[bp.part_index] = k
     out: list[dict[str, str]] = []
-    for msg in params.messages:
+    for m_index, msg in enumerate(params.messages):
         role = "system" if msg.role == "developer" else msg.role
-        text = msg.text()
+        text = _marked_text(msg, marks.get(m_index, {}))
         if msg.role == "assistant" and msg.tool_calls:
             calls = []
             for call in msg.tool_calls:

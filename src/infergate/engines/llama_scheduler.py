@@ -5,7 +5,9 @@ slots. Every step builds one llama_batch holding the next token of each decoding
 prompt chunks of newly admitted ones (decoders first, so a long prompt never stalls them for more
 than one chunk), runs one llama_decode and samples every sequence that produced logits. Events go
 back to each request's asyncio queue once per step. A finished slot keeps its KV cells, so a new
-prompt sharing a prefix (multi-turn chat) only evaluates the rest.
+prompt sharing a prefix (multi-turn chat) only evaluates the rest; with a `PrefixCache`, saved
+prefix states are restored into a slot and breakpoint prefixes are saved as prefill reaches them
+(see llama_prefix.py).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from typing import Any
 import llama_cpp as L
 import numpy as np
 
+from infergate.cache.plan import Ttl
 from infergate.catalog import ModelSpec
 from infergate.engines.llama_model import N_BATCH, LoadedModel
+from infergate.engines.llama_prefix import CacheUsage, PrefixCache, PrefixPlan, PrefixWrite, split_marked
 from infergate.engines.llama_sampling import SamplingOptions, SeqSampler, token_logprobs
 from infergate.errors import InfergateError, InvalidRequest, RateLimited, Unavailable
 
@@ -52,11 +56,18 @@ class Done:
 
 
 @dataclass(slots=True)
+class Cached:
+    """Prompt-cache usage of the job, sent once its prompt is evaluated (before any Delta)."""
+
+    usage: CacheUsage
+
+
+@dataclass(slots=True)
 class Failed:
     error: Exception
 
 
-Event = Started | Delta | Done | Failed
+Event = Started | Cached | Delta | Done | Failed
 
 
 @dataclass(eq=False)
@@ -69,9 +80,13 @@ class Job:
     stop: list[str]
     sampling: SamplingOptions
     deliver: Callable[[list[Event]], None]
+    cache_ttls: list[Ttl] = field(default_factory=list)  # ttl of breakpoint k (marked in messages)
+    explicit_cache: bool = False  # the request used cache_control
     cancelled: bool = False
     prompt: list[int] | None = None
+    boundaries: list[tuple[int, Ttl]] = field(default_factory=list)  # breakpoint token counts
     admitted: int = 0  # choices given a slot so far
+    cache_usage: CacheUsage | None = None  # set by the first choice placed in a slot
 
 
 @dataclass(eq=False, slots=True)
@@ -96,6 +111,8 @@ class _Seq:
     sent: int = 0
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     pending_lp: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    writes: list[PrefixWrite] = field(default_factory=list)  # prefixes to save during prefill
+    accounting: bool = False  # this choice reports the job's prompt-cache usage
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -107,10 +124,13 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class Scheduler:
-    def __init__(self, spec: ModelSpec, threads: int) -> None:
+    def __init__(self, spec: ModelSpec, threads: int, prefix: PrefixCache | None = None) -> None:
         self.spec = spec
         self.threads = threads
         self.parallel = spec.parallel
+        self.prefix = prefix
+        self._writing: set[str] = set()  # prefix keys that active sequences will save
+        self._deferred: list[tuple[Job, int]] = []  # choices waiting for such a save (hold a slot)
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._queued = 0  # sequences waiting for a slot
@@ -126,6 +146,7 @@ class Scheduler:
         self.state = "not started"
         self.error: str | None = None
         self.generated_tokens = 0  # total sampled tokens (tests and metrics watch it)
+        self.prompt_tokens_evaluated = 0  # prompt tokens run through llama_decode (not reused)
         self.loaded = threading.Event()
         self.first_load = threading.Event()  # set once the start-up load attempt has ended
 
@@ -178,13 +199,13 @@ class Scheduler:
         self.first_load.set()
         while True:
             with self._cond:
-                while not self._closing and not self._waiting and not self._active:
+                while not self._closing and not self._waiting and not self._active and not self._deferred:
                     self._cond.wait(self._idle_timeout())
                     self._maybe_unload()
                 if self._closing:
                     break
                 picks = self._pick_admissions()
-            if picks or self._active:
+            if picks or self._active or self._deferred:
                 self._serve(picks)
         self._shutdown()
 
@@ -209,7 +230,7 @@ class Scheduler:
     def _pick_admissions(self) -> list[tuple[Job, int]]:
         """FIFO: hand free slots to the oldest waiting choices (caller holds the lock)."""
         picks: list[tuple[Job, int]] = []
-        free = self.parallel - len(self._active)
+        free = self.parallel - len(self._active) - len(self._deferred)
         while self._waiting and len(picks) < free:
             job = self._waiting[0]
             picks.append((job, job.admitted))
@@ -222,16 +243,17 @@ class Scheduler:
 
     def _serve(self, picks: list[tuple[Job, int]]) -> None:
         self._last_used = time.monotonic()
-        if picks:
+        admissions, self._deferred = self._deferred + picks, []
+        if admissions:
             try:
                 self._ensure_loaded()
             except Exception:
-                for job, _index in picks:
+                for job, _index in admissions:
                     self._fail(job, Unavailable(f"model '{self.spec.id}' failed to load: {self.error}"))
                     self._release_running(1)
                 self._flush()
                 return
-        for job, index in picks:
+        for job, index in admissions:
             self._admit(job, index)
         for seq in [s for s in self._active if s.job.cancelled]:
             self._retire(seq)
@@ -274,15 +296,23 @@ class Scheduler:
             return
         try:
             if job.prompt is None:
-                job.prompt = model.tokenize(model.render(job.messages))
-                if len(job.prompt) >= model.n_ctx_seq:
-                    raise InvalidRequest(
-                        f"the prompt is {len(job.prompt)} tokens; this model's context window is "
-                        f"{model.n_ctx_seq} tokens",
-                        param="messages",
-                        code="context_length_exceeded",
-                    )
-                self._emit(job, Started(len(job.prompt)))
+                self._prepare_prompt(job, model)
+        except Exception as exc:
+            self._fail(job, exc)
+            self._release_running(1)
+            return
+        prompt = job.prompt
+        assert prompt is not None
+        free = [s for s in self._slots if not s.busy]
+        slot = max(free, key=lambda s: _common_prefix(s.cached, prompt))
+        slot_reuse = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
+        plan: PrefixPlan | None = None
+        if self.prefix is not None:
+            plan = self.prefix.plan(prompt, job.boundaries, slot_reuse, job.explicit_cache, self._writing)
+            if plan is None:  # an identical prefix is being saved by another sequence: read it after
+                self._deferred.append((job, index))
+                return
+        try:
             opts = job.sampling
             if opts.seed is not None and index:
                 opts = SamplingOptions(**{**opts.__dict__, "seed": opts.seed + index})
@@ -291,14 +321,74 @@ class Scheduler:
             self._fail(job, exc)
             self._release_running(1)
             return
-        prompt = job.prompt
-        free = [s for s in self._slots if not s.busy]
-        slot = max(free, key=lambda s: _common_prefix(s.cached, prompt))
-        n_past = model.drop_kv(slot.seq_id, min(_common_prefix(slot.cached, prompt), len(prompt) - 1))
+        n_past = self._place(model, slot, plan, slot_reuse)
+        if n_past < 0 and plan is not None and self.prefix is not None:  # a state would not load
+            if plan.restore is not None:
+                self.prefix.store.discard(plan.restore.key)
+            plan = self.prefix.plan(prompt, job.boundaries, 0, job.explicit_cache, self._writing)
+            plan = plan or PrefixPlan(None, 0)
+            n_past = self._place(model, slot, plan, 0)
+            if n_past < 0:
+                plan, n_past = PrefixPlan(None, 0), 0
         slot.busy, slot.cached = True, []
         room = model.n_ctx_seq - len(prompt)
         max_new = room if job.max_tokens is None else min(job.max_tokens, room)
-        self._active.append(_Seq(job, index, slot, sampler, list(prompt), n_past, max_new, time.monotonic()))
+        seq = _Seq(job, index, slot, sampler, list(prompt), n_past, max_new, time.monotonic())
+        if plan is not None:
+            seq.writes = list(plan.writes)
+            self._writing.update(w.key for w in plan.writes)
+        if job.cache_usage is None:
+            explicit = plan is not None and job.explicit_cache
+            job.cache_usage = plan.usage if plan is not None and explicit else CacheUsage(read=n_past)
+            seq.accounting = True
+        self._active.append(seq)
+        self._save_due(seq)
+
+    def _prepare_prompt(self, job: Job, model: LoadedModel) -> None:
+        """Render and tokenize the prompt once per job, cut at its cache_control breakpoints."""
+        pieces, order = split_marked(model.render(job.messages))
+        tokens: list[int] = []
+        boundaries: list[tuple[int, Ttl]] = []
+        for i, piece in enumerate(pieces):
+            tokens += model.tokenize(piece, bos=(i == 0))
+            if i < len(order) and order[i] < len(job.cache_ttls):
+                boundaries.append((len(tokens), job.cache_ttls[order[i]]))
+        if len(tokens) >= model.n_ctx_seq:
+            raise InvalidRequest(
+                f"the prompt is {len(tokens)} tokens; this model's context window is "
+                f"{model.n_ctx_seq} tokens",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        job.prompt, job.boundaries = tokens, boundaries
+        self._emit(job, Started(len(tokens)))
+
+    @staticmethod
+    def _place(model: LoadedModel, slot: _Slot, plan: PrefixPlan | None, slot_reuse: int) -> int:
+        """Make the slot hold the prompt's first tokens as planned; returns how many it holds, or
+        -1 (slot emptied) when a saved state could not be loaded."""
+        target = slot_reuse if plan is None else plan.n_past
+        if plan is not None and plan.restore is not None:
+            model.drop_kv(slot.seq_id, 0)
+            if PrefixCache.restore_into(model.ctx, slot.seq_id, plan.restore):
+                if target < plan.restore.n_tokens:
+                    return model.drop_kv(slot.seq_id, target)
+                return target
+            log.warning("could not load a saved prompt state; dropping it")
+            model.drop_kv(slot.seq_id, 0)
+            return -1
+        return model.drop_kv(slot.seq_id, target)
+
+    def _save_due(self, seq: _Seq) -> None:
+        """Save the breakpoint prefixes the sequence has just reached."""
+        model, prefix = self._model, self.prefix
+        while seq.writes and seq.writes[0].n_tokens == seq.n_past:
+            assert model is not None and prefix is not None
+            write = seq.writes.pop(0)
+            self._writing.discard(write.key)
+            usage = seq.job.cache_usage
+            if not prefix.save(model.ctx, seq.slot.seq_id, write) and seq.accounting and usage is not None:
+                usage.add_write(write.ttl, -write.billed)  # not cached after all: billed as input
 
     def _step(self) -> None:
         model = self._model
@@ -313,6 +403,8 @@ class Scheduler:
         prefilling = [s for s in self._active if len(s.tokens) - s.n_past > 1]
         for seq in decoding + prefilling:
             take = min(len(seq.tokens) - seq.n_past, N_BATCH - n)
+            if seq.writes:  # stop the chunk at the next breakpoint, whose state is saved then
+                take = min(take, seq.writes[0].n_tokens - seq.n_past)
             if take <= 0:
                 break
             tok[n : n + take] = seq.tokens[seq.n_past : seq.n_past + take]
@@ -336,8 +428,16 @@ class Scheduler:
                 self._fail(seq.job, err)
             return
         for seq, take, idx in fed:
+            prompt = seq.job.prompt
+            if prompt is not None and seq.n_past < len(prompt):
+                self.prompt_tokens_evaluated += min(take, len(prompt) - seq.n_past)
             seq.n_past += take
+            if seq.writes:
+                self._save_due(seq)
             if idx >= 0:
+                if seq.accounting and seq.job.cache_usage is not None:
+                    seq.accounting = False
+                    self._emit(seq.job, Cached(seq.job.cache_usage))
                 token = seq.sampler.sample(model.ctx, idx)
                 self._on_token(seq, token, idx)
 
@@ -403,6 +503,7 @@ class Scheduler:
         self._retire(seq)
 
     def _retire(self, seq: _Seq) -> None:
+        self._writing.difference_update(w.key for w in seq.writes)
         seq.sampler.close()
         seq.slot.cached = seq.tokens[: seq.n_past]
         seq.slot.busy = False
@@ -426,6 +527,10 @@ class Scheduler:
                 self._queued -= job.n - job.admitted
         for seq in [s for s in self._active if s.job is job]:
             self._retire(seq)
+        deferred = [(j, i) for j, i in self._deferred if j is not job]
+        if len(deferred) < len(self._deferred):
+            self._release_running(len(self._deferred) - len(deferred))
+            self._deferred = deferred
 
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, {}
@@ -445,6 +550,8 @@ class Scheduler:
         gone = Unavailable(f"model '{self.spec.id}' is shutting down", headers={"Retry-After": "5"})
         for seq in list(self._active):
             self._fail(seq.job, gone)
+        for job, _index in list(self._deferred):
+            self._fail(job, gone)
         with self._cond:
             waiting = list(self._waiting)
         for job in waiting:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -34,8 +35,8 @@ CACHE_CONTROL_FIELDS = ("cache_control",)
 
 
 class OpenAIUpstreamEngine(ChatEngine):
-    def __init__(self, spec: ModelSpec) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: ModelSpec, data_dir: Path | None = None) -> None:
+        super().__init__(spec, data_dir)
         assert spec.base_url
         self.url = spec.base_url.rstrip("/") + "/chat/completions"
         self.headers = {"content-type": "application/json"}

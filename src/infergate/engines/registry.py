@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 from infergate.catalog import ModelSpec
 from infergate.engines.base import Engine
@@ -17,7 +18,7 @@ class BackendMissing(Exception):
     """This build has no engine for the spec's kind and backend (yet)."""
 
 
-def build_engine(spec: ModelSpec) -> Engine:
+def build_engine(spec: ModelSpec, data_dir: Path | None = None) -> Engine:
     target = BACKENDS.get((spec.kind, spec.backend))
     if target is None:
         raise BackendMissing(f"no {spec.backend!r} engine for {spec.kind!r} models in this build")
@@ -26,4 +27,4 @@ def build_engine(spec: ModelSpec) -> Engine:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise BackendMissing(f"backend {spec.backend!r} cannot load: {exc}") from exc
-    return getattr(module, class_name)(spec)
+    return getattr(module, class_name)(spec, data_dir=data_dir)

@@ -1,0 +1,185 @@
+"""Prompt caching for the llama.cpp engine: breakpoints in the prompt, saved KV states, billing.
+
+A `cache_control` breakpoint is carried through the chat template as a mark after the marked
+part's text (`breakpoint_mark`); the rendered prompt is cut at the marks and tokenized piece by
+piece, so a breakpoint falls on an exact token boundary. The KV state of a sequence holding
+exactly the prompt up to a boundary is saved in a `KVStateStore` under a hash of those tokens;
+a later prompt starting with the same tokens restores it into its slot and evaluates only the
+rest.
+
+Billing (`PrefixPlan.usage`): with breakpoints, the longest breakpoint prefix found in the store
+is a read and every later breakpoint writes the tokens since the previous one, as the seed and
+Anthropic count them. Without breakpoints, whatever was reused (still in the slot from an earlier
+request, or restored from the store) is a read and nothing is written.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp as L
+
+from infergate.cache.plan import TTL_SECONDS, Ttl
+from infergate.cache.store import CacheEntry, KVStateStore, prefix_key
+
+MARK = "\U000ffffd"  # a noncharacter: never in real text, passed through by Jinja templates
+_MARK_RE = re.compile(MARK + r"(\d+)" + MARK)
+
+
+def breakpoint_mark(index: int) -> str:
+    return f"{MARK}{index}{MARK}"
+
+
+def split_marked(text: str) -> tuple[list[str], list[int]]:
+    """Rendered prompt -> text pieces and the breakpoint index found after each piece but the last."""
+    pieces: list[str] = []
+    order: list[int] = []
+    start = 0
+    for found in _MARK_RE.finditer(text):
+        pieces.append(text[start : found.start()])
+        order.append(int(found.group(1)))
+        start = found.end()
+    pieces.append(text[start:].replace(MARK, ""))
+    return pieces, order
+
+
+@dataclass(slots=True)
+class CacheUsage:
+    read: int = 0
+    write_5m: int = 0
+    write_1h: int = 0
+
+    def add_write(self, ttl: Ttl, tokens: int) -> None:
+        if ttl == "1h":
+            self.write_1h += tokens
+        else:
+            self.write_5m += tokens
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixWrite:
+    """A breakpoint prefix to save once the sequence holds exactly `n_tokens` prompt tokens."""
+
+    n_tokens: int
+    ttl: Ttl
+    key: str
+    billed: int  # tokens this write bills (those since the previous boundary or the read)
+
+
+@dataclass(slots=True)
+class PrefixPlan:
+    restore: CacheEntry | None  # a saved state to load into the slot
+    n_past: int  # prompt tokens the slot holds once the plan is applied
+    writes: list[PrefixWrite] = field(default_factory=list)
+    usage: CacheUsage = field(default_factory=CacheUsage)
+
+
+class PrefixCache:
+    """Plans reuse for one model's prompts and moves states between KV slots and the store.
+
+    Used from the model's worker thread only (the store itself is thread-safe).
+    """
+
+    def __init__(self, model_id: str, store: KVStateStore) -> None:
+        self.model_id = model_id
+        self.store = store
+
+    def key(self, prompt: Sequence[int], n_tokens: int) -> str:
+        return prefix_key(self.model_id, prompt[:n_tokens])
+
+    def plan(
+        self,
+        prompt: list[int],
+        boundaries: list[tuple[int, Ttl]],
+        slot_reuse: int,
+        explicit: bool,
+        writing: set[str],
+    ) -> PrefixPlan | None:
+        """How to start `prompt` in a slot already holding its first `slot_reuse` tokens.
+
+        None means wait: another sequence is writing a prefix this one would write too (single
+        flight: concurrent identical requests create an entry once, then read it).
+        """
+        limit = len(prompt) - 1  # the last prompt token is always evaluated, for its logits
+        ttl_of: dict[int, Ttl] = {}
+        for n, ttl in boundaries:
+            if 0 < n <= limit and (ttl_of.get(n) != "1h"):
+                ttl_of[n] = ttl
+        keys = {n: self.key(prompt, n) for n in ttl_of}
+        store = self.store
+
+        live: list[int] = []
+        pending: list[int] = []
+        if explicit:
+            live = [n for n in sorted(ttl_of) if store.contains(keys[n])]
+            read_upto = live[-1] if live else 0
+            pending = [n for n in sorted(ttl_of) if n > read_upto]
+            if any(keys[n] in writing for n in pending):
+                return None
+
+        restore: CacheEntry | None = None
+        n_past = slot_reuse
+        for n in sorted(set(ttl_of) | set(store.lengths()), reverse=True):
+            if n <= slot_reuse:
+                break
+            if n > limit:
+                continue
+            key = keys.get(n) or self.key(prompt, n)
+            entry = store.get(key) if store.contains(key) else None
+            if entry is not None:
+                restore, n_past = entry, n
+                break
+
+        if not explicit:
+            return PrefixPlan(restore, n_past, usage=CacheUsage(read=n_past))
+
+        usage = CacheUsage()
+        for n in live:
+            if n <= n_past:
+                usage.read = n
+                if restore is None or restore.key != keys[n]:
+                    store.touch(keys[n])  # a read refreshes the TTL
+        writes: list[PrefixWrite] = []
+        previous = usage.read
+        for n in (n for n in sorted(ttl_of) if n > usage.read):
+            writes.append(PrefixWrite(n, ttl_of[n], keys[n], n - previous))
+            usage.add_write(ttl_of[n], n - previous)
+            previous = n
+        if writes:
+            if restore is not None and writes[0].n_tokens <= slot_reuse:
+                restore, n_past = None, slot_reuse  # the slot already holds all that can be kept
+            n_past = min(n_past, writes[0].n_tokens)  # a saved state holds exactly its prefix
+        return PrefixPlan(restore, n_past, writes, usage)
+
+    def save(self, ctx: Any, seq_id: int, write: PrefixWrite) -> bool:
+        """Copy the sequence's KV cells (exactly `write.n_tokens` of them) into the store."""
+        size = int(L.llama_state_seq_get_size(ctx, seq_id))
+        if size == 0 or size > self.store.memory_budget:
+            return False
+        data = bytearray(size)
+        view = (ctypes.c_uint8 * size).from_buffer(data)
+        written = int(L.llama_state_seq_get_data(ctx, view, size, seq_id))
+        del view  # release the export before resizing
+        if written == 0:
+            return False
+        del data[written:]
+        return self.store.put(write.key, data, write.n_tokens, TTL_SECONDS[write.ttl])
+
+    @staticmethod
+    def restore_into(ctx: Any, seq_id: int, entry: CacheEntry) -> bool:
+        """Load a saved state into an empty sequence; False (sequence left empty) on failure."""
+        state = entry.state
+        if state is None:
+            return False
+        size = len(state)
+        if isinstance(state, bytearray):
+            view = (ctypes.c_uint8 * size).from_buffer(state)
+        else:
+            view = (ctypes.c_uint8 * size).from_buffer_copy(state)
+        loaded = int(L.llama_state_seq_set_data(ctx, view, size, seq_id))
+        del view
+        return loaded > 0

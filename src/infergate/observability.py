@@ -5,10 +5,18 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 REQUESTS = Counter(
@@ -26,6 +34,19 @@ UPSTREAM_ERRORS = Counter(
     "infergate_upstream_errors_total", "Failures of model backends", ["model", "kind"], registry=REGISTRY
 )
 LEDGER_PENDING = Counter("infergate_ledger_rows_total", "Ledger rows recorded", registry=REGISTRY)
+PROMPT_CACHE_BYTES = Gauge(
+    "infergate_prompt_cache_bytes", "Saved prompt KV states", ["model", "where"], registry=REGISTRY
+)
+PROMPT_CACHE_ENTRIES = Gauge(
+    "infergate_prompt_cache_entries", "Saved prompt prefixes", ["model"], registry=REGISTRY
+)
+
+
+def watch_prompt_cache(model: str, stats: Callable[[], Any]) -> None:
+    """Export a KVStateStore's size, read when /metrics is scraped."""
+    PROMPT_CACHE_BYTES.labels(model, "memory").set_function(lambda: stats().bytes_in_memory)
+    PROMPT_CACHE_BYTES.labels(model, "disk").set_function(lambda: stats().bytes_on_disk)
+    PROMPT_CACHE_ENTRIES.labels(model).set_function(lambda: stats().entries)
 
 
 def metrics_payload() -> tuple[bytes, str]:
@@ -45,17 +66,17 @@ def count_request(route: str, method: str, status: int, seconds: float) -> None:
     children[1].observe(seconds)
 
 
-_token_children: dict[str, tuple[Any, Any]] = {}
+_token_children: dict[tuple[str, str], Any] = {}
 
 
-def count_tokens(model: str, input_tokens: int, output_tokens: int) -> None:
-    children = _token_children.get(model)
-    if children is None:
-        children = _token_children[model] = (TOKENS.labels(model, "input"), TOKENS.labels(model, "output"))
-    if input_tokens:
-        children[0].inc(input_tokens)
-    if output_tokens:
-        children[1].inc(output_tokens)
+def count_tokens(model: str, **counts: int) -> None:
+    """Add to infergate_tokens_total{model, type} for each nonzero count (type = the keyword)."""
+    for kind, value in counts.items():
+        if value:
+            child = _token_children.get((model, kind))
+            if child is None:
+                child = _token_children[(model, kind)] = TOKENS.labels(model, kind)
+            child.inc(value)
 
 
 class AccessLog:

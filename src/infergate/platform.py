@@ -116,7 +116,13 @@ class Platform:
             )
         )
         LEDGER_PENDING.inc()
-        count_tokens(spec.id, usage.input_tokens, usage.output_tokens)
+        count_tokens(
+            spec.id,
+            input=usage.input_tokens,
+            output=usage.output_tokens,
+            cache_read=usage.cache_read_tokens,
+            cache_write=usage.cache_write_5m_tokens + usage.cache_write_1h_tokens,
+        )
 
     def readiness(self) -> str | None:
         try:

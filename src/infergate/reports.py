@@ -76,47 +76,32 @@ def build_report(repo: LedgerRepository, start: str | None, end: str | None, gro
     }
 
 
+TABLE_COLUMNS = (
+    ("requests", "requests"),
+    ("failed", "failed_requests"),
+    ("input", "input_tokens"),
+    ("output", "output_tokens"),
+    ("cache read", "cache_read_tokens"),
+    ("cache write 5m", "cache_write_5m_tokens"),
+    ("cache write 1h", "cache_write_1h_tokens"),
+    ("cost USD", "cost_usd"),
+    ("estimated", "estimated_requests"),
+)
+
+
+def _cells(label: str, row: dict[str, Any]) -> list[str]:
+    return [label] + [f"{row[k]:.6f}" if k == "cost_usd" else str(row[k]) for _, k in TABLE_COLUMNS]
+
+
 def render_table(report: dict[str, Any]) -> str:
-    """Plain text table for the CLI."""
-    head = [
-        report["group_by"],
-        "requests",
-        "failed",
-        "input",
-        "output",
-        "cache read",
-        "cache write",
-        "cost USD",
-        "estimated",
-    ]
+    """Plain text table for the CLI: one column per billed token class (input is the uncached part)."""
+    by_key = report["group_by"] == "key"
+    head = [report["group_by"]] + [title for title, _ in TABLE_COLUMNS]
     lines = [
-        [
-            str(r.get("key_name") or r["group"]) if report["group_by"] == "key" else str(r["group"]),
-            str(r["requests"]),
-            str(r["failed_requests"]),
-            str(r["input_tokens"]),
-            str(r["output_tokens"]),
-            str(r["cache_read_tokens"]),
-            str(r["cache_write_5m_tokens"] + r["cache_write_1h_tokens"]),
-            f"{r['cost_usd']:.6f}",
-            str(r["estimated_requests"]),
-        ]
+        _cells(str(r.get("key_name") or r["group"]) if by_key else str(r["group"]), r)
         for r in report["usage"]
     ]
-    t = report["totals"]
-    lines.append(
-        [
-            "TOTAL",
-            str(t["requests"]),
-            str(t["failed_requests"]),
-            str(t["input_tokens"]),
-            str(t["output_tokens"]),
-            str(t["cache_read_tokens"]),
-            str(t["cache_write_5m_tokens"] + t["cache_write_1h_tokens"]),
-            f"{t['cost_usd']:.6f}",
-            str(t["estimated_requests"]),
-        ]
-    )
+    lines.append(_cells("TOTAL", report["totals"]))
     widths = [max(len(head[i]), *(len(row[i]) for row in lines)) for i in range(len(head))]
     out = [
         f"usage {report['start']} .. {report['end']}",

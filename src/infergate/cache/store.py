@@ -43,6 +43,7 @@ class CacheEntry:
 @dataclass
 class StoreStats:
     entries: int
+    tokens_in_memory: int
     bytes_in_memory: int
     bytes_on_disk: int
     hits: int
@@ -171,6 +172,7 @@ class KVStateStore:
         with self._lock:
             return StoreStats(
                 len(self._entries),
+                sum(e.n_tokens for e in self._entries.values() if e.state is not None),
                 self._memory,
                 self._disk,
                 self.hits,

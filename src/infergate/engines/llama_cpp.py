@@ -29,6 +29,7 @@ from infergate.engines.llama_prompt import ToolPlan, chat_messages, parse_tool_c
 from infergate.engines.llama_sampling import JSON_OBJECT_GBNF, SamplingOptions, schema_grammar
 from infergate.engines.llama_scheduler import Cached, Delta, Done, Event, Failed, Job, Scheduler, Started
 from infergate.errors import InvalidRequest
+from infergate.observability import watch_prompt_cache
 from infergate.schemas.chat import ChatCompletionRequest
 from infergate.usage import Usage
 
@@ -126,6 +127,8 @@ class LlamaCppEngine(ChatEngine):
         if self._started:
             return
         self._started = True
+        if self.prompt_cache is not None:
+            watch_prompt_cache(self.spec.id, self.prompt_cache.store.stats)
         self.scheduler.start()
         await asyncio.to_thread(self.scheduler.first_load.wait)
 

@@ -156,3 +156,21 @@ def test_written_tokens_per_ttl() -> None:
     assert split_prefix_tokens([100, 150], ["1h", "5m"], read_upto=0) == {"1h": 100, "5m": 50}
     assert split_prefix_tokens([100, 150], ["1h", "5m"], read_upto=100) == {"1h": 0, "5m": 50}
     assert split_prefix_tokens([100], ["5m"], read_upto=100) == {"1h": 0, "5m": 0}
+
+
+def test_touch_refreshes_without_loading_and_lengths_lists_live_prefixes() -> None:
+    clock = FakeClock()
+    store = KVStateStore(memory_budget=1000, clock=clock)
+    store.put("short", b"s" * 10, n_tokens=5, ttl_seconds=300)
+    store.put("long", b"l" * 10, n_tokens=50, ttl_seconds=300)
+    store.put("same", b"m" * 10, n_tokens=50, ttl_seconds=3600)
+    assert store.lengths() == [50, 5]
+    clock.now += 200
+    assert store.touch("short")  # read at 200 s: lives until 500 s
+    clock.now += 200
+    assert store.contains("short") and not store.contains("long")
+    assert store.lengths() == [50, 5]  # "same" (1 h) still has 50 tokens
+    assert not store.touch("long") and not store.touch("absent")
+    store.discard("same")
+    assert store.lengths() == [5]
+    assert store.stats().tokens_in_memory == 5 + 50  # "long" expired but not yet purged

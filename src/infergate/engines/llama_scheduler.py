@@ -19,7 +19,6 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,65 +27,13 @@ import numpy as np
 
 from infergate.cache.plan import Ttl
 from infergate.catalog import ModelSpec
+from infergate.engines.llama_jobs import Cached, Delta, Done, Event, Failed, Job, Started
 from infergate.engines.llama_model import N_BATCH, LoadedModel
 from infergate.engines.llama_prefix import CacheUsage, PrefixCache, PrefixPlan, PrefixWrite, split_marked
 from infergate.engines.llama_sampling import SamplingOptions, SeqSampler, token_logprobs
 from infergate.errors import InfergateError, InvalidRequest, RateLimited, Unavailable
 
 log = logging.getLogger("infergate.engines.llama_cpp")
-
-
-@dataclass(slots=True)
-class Started:
-    prompt_tokens: int
-
-
-@dataclass(slots=True)
-class Delta:
-    index: int
-    text: str
-    logprobs: list[dict[str, Any]] | None
-
-
-@dataclass(slots=True)
-class Done:
-    index: int
-    finish_reason: str
-    output_tokens: int
-
-
-@dataclass(slots=True)
-class Cached:
-    """Prompt-cache usage of the job, sent once its prompt is evaluated (before any Delta)."""
-
-    usage: CacheUsage
-
-
-@dataclass(slots=True)
-class Failed:
-    error: Exception
-
-
-Event = Started | Cached | Delta | Done | Failed
-
-
-@dataclass(eq=False)
-class Job:
-    """One request: `n` sequences over the same prompt. `deliver` must be thread-safe."""
-
-    messages: list[dict[str, str]]
-    n: int
-    max_tokens: int | None
-    stop: list[str]
-    sampling: SamplingOptions
-    deliver: Callable[[list[Event]], None]
-    cache_ttls: list[Ttl] = field(default_factory=list)  # ttl of breakpoint k (marked in messages)
-    explicit_cache: bool = False  # the request used cache_control
-    cancelled: bool = False
-    prompt: list[int] | None = None
-    boundaries: list[tuple[int, Ttl]] = field(default_factory=list)  # breakpoint token counts
-    admitted: int = 0  # choices given a slot so far
-    cache_usage: CacheUsage | None = None  # set by the first choice placed in a slot
 
 
 @dataclass(eq=False, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pytest
 
 from infergate.cache.plan import PromptCachePlan, split_prefix_tokens
 from infergate.cache.store import KVStateStore, prefix_key
+from infergate.catalog import ModelSpec
+from infergate.engines.llama_cpp import prompt_cache_store
 from infergate.errors import InvalidRequest
 from infergate.schemas.chat import ChatCompletionRequest
 
@@ -174,3 +177,22 @@ def test_touch_refreshes_without_loading_and_lengths_lists_live_prefixes() -> No
     store.discard("same")
     assert store.lengths() == [5]
     assert store.stats().tokens_in_memory == 5 + 50  # "long" expired but not yet purged
+
+
+def test_a_lost_spill_file_is_a_miss(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = KVStateStore(memory_budget=15, spill_dir=tmp_path, disk_budget=100, clock=clock)
+    store.put("a", b"a" * 10, n_tokens=5, ttl_seconds=300)
+    store.put("b", b"b" * 10, n_tokens=5, ttl_seconds=300)  # "a" goes to disk
+    (tmp_path / "a.kv").unlink()
+    assert store.get("a") is None
+    assert store.stats().bytes_on_disk == 0 and store.stats().entries == 1
+
+
+def test_each_server_process_spills_to_its_own_folder(tmp_path: Path) -> None:
+    dead = tmp_path / "prompt-cache" / "m" / "999999999"
+    dead.mkdir(parents=True)
+    (dead / "x.kv").write_bytes(b"old")
+    store = prompt_cache_store(ModelSpec(id="m", backend="llama_cpp", path="/x.gguf"), tmp_path)
+    assert store.spill_dir == tmp_path / "prompt-cache" / "m" / str(os.getpid())
+    assert store.spill_dir.is_dir() and not dead.exists()

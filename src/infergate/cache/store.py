@@ -88,7 +88,13 @@ class KVStateStore:
                 self.misses += 1
                 return None
             if entry.state is None:
-                entry.state = self._load(entry)
+                try:
+                    entry.state = self._load(entry)
+                except OSError:  # the spill file is gone or unreadable: a miss, not a failure
+                    self._entries.pop(key, None)
+                    self._disk -= entry.size
+                    self.misses += 1
+                    return None
                 self._memory += entry.size
             entry.expires_at = now + entry.ttl_seconds
             self._entries.move_to_end(key)
@@ -219,8 +225,12 @@ class KVStateStore:
         if not self.spill_dir or entry.state is None or self._disk + entry.size > self.disk_budget:
             return False
         tmp = self._path(entry.key).with_suffix(".tmp")
-        tmp.write_bytes(entry.state)
-        os.replace(tmp, self._path(entry.key))
+        try:
+            tmp.write_bytes(entry.state)
+            os.replace(tmp, self._path(entry.key))
+        except OSError:  # disk full or gone: the entry is simply evicted
+            tmp.unlink(missing_ok=True)
+            return False
         entry.state = None
         self._memory -= entry.size
         self._disk += entry.size

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -86,16 +87,38 @@ class _Choice:
 
 def prompt_cache_store(spec: ModelSpec, data_dir: Path | None, clock: Clock = time.monotonic) -> KVStateStore:
     """The model's saved-prefix store: `prompt_cache_mb` in memory, spilling up to
-    `prompt_cache_disk_mb` to `<data dir>/prompt-cache/<model id>/`."""
+    `prompt_cache_disk_mb` to `<data dir>/prompt-cache/<model id>/<pid>/` (one folder per server
+    process: `--workers N` processes share the data dir but not their stores)."""
     spill_dir = None
     if data_dir is not None and spec.prompt_cache_disk_mb > 0:
-        spill_dir = data_dir / "prompt-cache" / re.sub(r"[^A-Za-z0-9._-]", "_", spec.id)
+        model_dir = data_dir / "prompt-cache" / re.sub(r"[^A-Za-z0-9._-]", "_", spec.id)
+        remove_dead_spill_dirs(model_dir)
+        spill_dir = model_dir / str(os.getpid())
     return KVStateStore(
         memory_budget=int(spec.prompt_cache_mb * 2**20),
         spill_dir=spill_dir,
         disk_budget=int(spec.prompt_cache_disk_mb * 2**20),
         clock=clock,
     )
+
+
+def remove_dead_spill_dirs(model_dir: Path) -> None:
+    """Spill folders of processes that are gone (a crash or a restart leaves them behind)."""
+    if not model_dir.is_dir():
+        return
+    for folder in model_dir.iterdir():
+        if folder.name.isdigit() and int(folder.name) != os.getpid() and not _alive(int(folder.name)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _usage(prompt_tokens: int, done: dict[int, Done], cache: CacheUsage | None, explicit: bool) -> Usage:

@@ -5,8 +5,11 @@
 #
 # Usage: bash bench/run_all.sh        (what `make bench` runs)
 # Env:   BENCH_DURATION (default 6), BENCH_QUICK=1 for a fast smoke run, BENCH_LLAMA_ARGS (arguments
-#        for llama_bench.py; default none, "--runs 1 --tokens 32" with BENCH_QUICK=1), and the
-#        variables documented in gateway_bench.sh and asgi_servers.sh.
+#        for llama_bench.py; default none, "--runs 1 --tokens 32" with BENCH_QUICK=1),
+#        BENCH_SKIP_LLAMA_SERVER=1 (no llama-server baseline: not built, its rows skipped), and the
+#        variables documented in gateway_bench.sh, asgi_servers.sh and build_llama_server.sh.
+# llama_bench.py's baseline, llama.cpp's own llama-server, is built once by build_llama_server.sh
+# (~4 min on 2 cores, into ~/.cache/infergate/llama-server) and LLAMA_SERVER_BIN points at it.
 set -u
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
@@ -17,6 +20,7 @@ export BENCH_DURATION=${BENCH_DURATION:-$([ "${BENCH_QUICK:-0}" != 0 ] && echo 2
 FAILED=()
 # llama_bench.py arguments: fewer, shorter runs in a smoke run
 LLAMA_ARGS=${BENCH_LLAMA_ARGS-$([ "${BENCH_QUICK:-0}" != 0 ] && echo "--runs 1 --tokens 32")}
+CACHE_ARGS=${BENCH_CACHE_ARGS-$([ "${BENCH_QUICK:-0}" != 0 ] && echo "--runs 1")}
 
 section() { # title command...: runs a part, records its failure, keeps going
   local title=$1 rc; shift
@@ -42,9 +46,26 @@ section() { # title command...: runs a part, records its failure, keeps going
   section "Gateway overhead (bench/gateway_bench.sh)" bash "$HERE/gateway_bench.sh" "$REPO"
   section "ASGI servers (bench/asgi_servers.sh)" bash "$HERE/asgi_servers.sh" "$REPO"
   if [ -f "$HERE/llama_bench.py" ]; then
+    # llama-server baseline: built once (~4 min), then reused; stdout of the script is its path
+    SERVER_BUILD_FAILED=0
+    if [ "${BENCH_SKIP_LLAMA_SERVER:-0}" != 0 ]; then
+      unset LLAMA_SERVER_BIN
+    elif LLAMA_SERVER_BIN=$(bash "$HERE/build_llama_server.sh"); then
+      export LLAMA_SERVER_BIN
+    else
+      unset LLAMA_SERVER_BIN
+      SERVER_BUILD_FAILED=1
+      FAILED+=("llama-server build (bench/build_llama_server.sh)")
+    fi
     # shellcheck disable=SC2086 # BENCH_LLAMA_ARGS is a word list on purpose
     section "Local model (bench/llama_bench.py)" "$REPO/.venv/bin/python" "$HERE/llama_bench.py" $LLAMA_ARGS
+    if [ "$SERVER_BUILD_FAILED" = 1 ]; then
+      printf '\n_llama-server could not be built (bench/build_llama_server.sh; its build.log is next to'
+      printf ' the binary, ~/.cache/infergate/llama-server/bin by default): its rows are skipped._\n'
+    fi
   fi
+  # shellcheck disable=SC2086 # BENCH_CACHE_ARGS is a word list on purpose
+  section "Prompt cache (bench/prompt_cache_bench.py)" "$REPO/.venv/bin/python" "$HERE/prompt_cache_bench.py" $CACHE_ARGS
   if [ "${#FAILED[@]}" != 0 ]; then
     printf '\nFailed parts: %s\n' "${FAILED[*]}"
   fi

@@ -4,6 +4,7 @@ restored and billed. Time is an injectable clock, so TTLs are tested without sle
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -269,7 +270,7 @@ def test_evicted_entries_spill_to_disk_and_come_back(clock: FakeClock, tmp_path:
         text, first = complete(eng, explicit("spilled"))
         complete(eng, explicit("pusher"))
         assert eng.prompt_cache.store.stats().bytes_on_disk > 0
-        assert list((tmp_path / "prompt-cache" / "m").glob("*.kv"))
+        assert list((tmp_path / "prompt-cache" / "m" / str(os.getpid())).glob("*.kv"))
         again_text, again = complete(eng, explicit("spilled"))
         assert again.cache_read_tokens == first.cache_write_5m_tokens
         assert again_text == text

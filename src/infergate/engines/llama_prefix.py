@@ -19,7 +19,7 @@ import ctypes
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp as L
 
@@ -27,6 +27,9 @@ from infergate.cache.plan import TTL_SECONDS, Ttl
 from infergate.cache.store import CacheEntry, KVStateStore, prefix_key
 
 MARK = "\U000ffffd"  # a noncharacter: never in real text, passed through by Jinja templates
+if TYPE_CHECKING:  # llama_model imports llama_prompt, which imports this module
+    from infergate.engines.llama_model import LoadedModel
+
 _MARK_RE = re.compile(MARK + r"(\d+)" + MARK)
 
 
@@ -45,6 +48,21 @@ def split_marked(text: str) -> tuple[list[str], list[int]]:
         start = found.end()
     pieces.append(text[start:].replace(MARK, ""))
     return pieces, order
+
+
+def tokenize_marked(
+    model: LoadedModel, messages: list[dict[str, str]], ttls: list[Ttl]
+) -> tuple[list[int], list[tuple[int, Ttl]]]:
+    """Render the chat and tokenize it piece by piece between breakpoint marks: the tokens, and
+    for each breakpoint the number of tokens up to it with its ttl."""
+    pieces, order = split_marked(model.render(messages))
+    tokens: list[int] = []
+    boundaries: list[tuple[int, Ttl]] = []
+    for i, piece in enumerate(pieces):
+        tokens += model.tokenize(piece, bos=(i == 0))
+        if i < len(order) and order[i] < len(ttls):
+            boundaries.append((len(tokens), ttls[order[i]]))
+    return tokens, boundaries
 
 
 @dataclass(slots=True)

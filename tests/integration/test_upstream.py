@@ -180,3 +180,46 @@ def test_unprefixed_routes(server: ServerProcess, key: str) -> None:
     )
     assert r.status_code == 200
     assert httpx.get(f"{server.url}/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+CACHED_SYSTEM = {
+    "role": "system",
+    "content": {"type": "text", "text": "Long rules.", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+}
+
+
+def test_cache_control_reaches_only_upstreams_that_understand_it(
+    server: ServerProcess, key: str, upstream: StandInUpstream
+) -> None:
+    messages = [CACHED_SYSTEM, {"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    r = post(server, key, {"model": "standin", "messages": messages})
+    assert r.status_code == 200
+    sent = upstream.requests[-1]["messages"]
+    assert sent[0]["content"] == {"type": "text", "text": "Long rules."}  # stripped: it may be rejected
+    assert sent[1]["content"] == [{"type": "text", "text": "hi"}]
+    usage = r.json()["usage"]  # the client asked for caching: the seed's fields, nothing cached
+    assert usage["cache_created_input_tokens"] == usage["cache_read_input_tokens"] == 0
+
+    assert post(server, key, {"model": "standin-cache-aware", "messages": messages}).status_code == 200
+    assert upstream.requests[-1]["messages"][0] == CACHED_SYSTEM  # forwarded untouched
+
+
+def test_upstream_cache_tokens_are_billed_at_cache_prices(fresh_server: ServerProcess) -> None:
+    server = fresh_server.start()
+    secret = server.create_key("cache-bill")["secret_key"]
+    body = {
+        "model": "standin-anthropic-cache-write",
+        "messages": [CACHED_SYSTEM, {"role": "user", "content": "hi"}],
+    }
+    usage = post(server, secret, body).json()["usage"]
+    assert usage["cache_creation"] == {"ephemeral_5m_input_tokens": 25, "ephemeral_1h_input_tokens": 15}
+    assert usage["cache_created_input_tokens"] == 40 and usage["cache_read_input_tokens"] == 30
+    r = httpx.get(f"{server.url}/v2/gen-ai/usage", params={"group_by": "model"}, headers=server.admin())
+    (row,) = r.json()["usage"]
+    assert (row["input_tokens"], row["cache_read_tokens"]) == (usage["prompt_tokens"], 30)
+    assert (row["cache_write_5m_tokens"], row["cache_write_1h_tokens"]) == (25, 15)
+    # $1 input, $2 output per 1M: 1.25x / 2x for 5m / 1h writes, 0.1x for reads (nano-USD per token)
+    expected = (
+        usage["prompt_tokens"] * 1000 + usage["completion_tokens"] * 2000 + 25 * 1250 + 15 * 2000 + 30 * 100
+    )
+    assert row["cost_nano_usd"] == expected

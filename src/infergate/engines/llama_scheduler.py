@@ -34,6 +34,8 @@ from infergate.errors import InfergateError, InvalidRequest, RateLimited, Unavai
 
 log = logging.getLogger("infergate.engines.llama_cpp")
 
+IDLE_WORKER_EXIT = 1.0  # seconds without work before a model's worker thread ends (see _ensure_worker)
+
 
 @dataclass(eq=False, slots=True)
 class _Slot:
@@ -80,6 +82,8 @@ class Scheduler:
         self._running = 0  # sequences holding a slot
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._worker_alive = False  # a worker thread runs (or is about to); guarded by _cond
+        self._unload_timer: threading.Timer | None = None
         self._model: LoadedModel | None = None
         self._slots: list[_Slot] = []
         self._active: list[_Seq] = []
@@ -96,8 +100,19 @@ class Scheduler:
     # ---- called from the event loop -------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"llama:{self.spec.id}", daemon=True)
-        self._thread.start()
+        """Start the worker, which loads the model (see `first_load`)."""
+        with self._cond:
+            self._ensure_worker()
+
+    def _ensure_worker(self) -> None:
+        """Caller holds the lock. The worker thread exits after IDLE_WORKER_EXIT s without work,
+        because every thread that has run llama_decode keeps an OpenMP thread team: with two teams
+        on the machine's cores (two models, or one model and a raw llama-cpp-python call) libgomp
+        throttles its spin-waits and every model decodes ~40% slower. So: a thread only while busy."""
+        if not self._worker_alive and not self._closing:
+            self._worker_alive = True
+            self._thread = threading.Thread(target=self._run, name=f"llama:{self.spec.id}", daemon=True)
+            self._thread.start()
 
     def submit(self, job: Job) -> None:
         with self._cond:
@@ -112,6 +127,7 @@ class Scheduler:
                 )
             self._waiting.append(job)
             self._queued += job.n
+            self._ensure_worker()
             self._cond.notify()
 
     def cancel(self, job: Job) -> None:
@@ -126,9 +142,14 @@ class Scheduler:
     def close(self) -> None:
         with self._cond:
             self._closing = True
+            if self._unload_timer is not None:
+                self._unload_timer.cancel()
             self._cond.notify()
-        if self._thread is not None:
-            self._thread.join()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        if self.state != "closed":  # the worker had gone idle: nothing runs, free the model here
+            self._shutdown()
 
     @property
     def busy_sequences(self) -> int:
@@ -137,25 +158,61 @@ class Scheduler:
     # ---- worker thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        with contextlib.suppress(Exception):  # reported by readiness; retried on the next request
-            self._ensure_loaded()
-        self.first_load.set()
+        if not self.first_load.is_set():
+            with contextlib.suppress(Exception):  # reported by readiness; retried on the next request
+                self._ensure_loaded()
+            self.first_load.set()
+        try:
+            if self._loop():
+                self._shutdown()
+        except BaseException as exc:  # a bug here must not leave requests waiting forever
+            log.exception("model '%s': worker failed", self.spec.id)
+            self._fail_all(InfergateError(f"the worker of model '{self.spec.id}' failed: {exc}"))
+            with self._cond:
+                self._worker_alive = False
+
+    def _loop(self) -> bool:
+        """Serve until closing (True) or idle for IDLE_WORKER_EXIT seconds (False: thread ends)."""
         while True:
             with self._cond:
+                idle_since = time.monotonic()
                 while not self._closing and not self._waiting and not self._active and not self._deferred:
-                    self._cond.wait(self._idle_timeout())
-                    self._maybe_unload()
+                    now = time.monotonic()
+                    exit_in = IDLE_WORKER_EXIT - (now - idle_since)
+                    unload_in = self._unload_in(now)
+                    if unload_in is not None and unload_in <= 0:
+                        self._maybe_unload()
+                        continue
+                    if exit_in <= 0:
+                        self._worker_alive = False  # from here on, submit() starts a new worker
+                        self._arm_unload_timer()
+                        return False
+                    self._cond.wait(exit_in if unload_in is None else min(exit_in, unload_in))
                 if self._closing:
-                    break
+                    return True
                 picks = self._pick_admissions()
-            if picks or self._active or self._deferred:
-                self._serve(picks)
-        self._shutdown()
+            self._serve(picks)
 
-    def _idle_timeout(self) -> float | None:
+    def _unload_in(self, now: float) -> float | None:
         if self._model is None or self.spec.idle_unload is None:
             return None
-        return max(self.spec.idle_unload - (time.monotonic() - self._last_used), 0.01)
+        return self.spec.idle_unload - (now - self._last_used)
+
+    def _arm_unload_timer(self) -> None:
+        """Caller holds the lock: unload after `idle_unload` even though no worker thread waits."""
+        if self._unload_timer is not None:
+            self._unload_timer.cancel()
+        delay = self._unload_in(time.monotonic())
+        if delay is None:
+            return
+        self._unload_timer = threading.Timer(max(delay, 0.0), self._unload_if_idle)
+        self._unload_timer.daemon = True
+        self._unload_timer.start()
+
+    def _unload_if_idle(self) -> None:
+        with self._cond:  # no worker can start while the lock is held, so the model is ours
+            if not self._closing and not self._worker_alive:
+                self._maybe_unload()
 
     def _maybe_unload(self) -> None:
         idle = self.spec.idle_unload
@@ -467,16 +524,18 @@ class Scheduler:
             self._model = None
             self.loaded.clear()
 
-    def _shutdown(self) -> None:
-        gone = Unavailable(f"model '{self.spec.id}' is shutting down", headers={"Retry-After": "5"})
+    def _fail_all(self, error: Exception) -> None:
         for seq in list(self._active):
-            self._fail(seq.job, gone)
+            self._fail(seq.job, error)
         for job, _index in list(self._deferred):
-            self._fail(job, gone)
+            self._fail(job, error)
         with self._cond:
             waiting = list(self._waiting)
         for job in waiting:
-            self._fail(job, gone)
+            self._fail(job, error)
         self._flush()
+
+    def _shutdown(self) -> None:
+        self._fail_all(Unavailable(f"model '{self.spec.id}' is shutting down", headers={"Retry-After": "5"}))
         self._free_model()
         self.state = "closed"

@@ -195,7 +195,7 @@ def test_cache_control_reaches_only_upstreams_that_understand_it(
     r = post(server, key, {"model": "standin", "messages": messages})
     assert r.status_code == 200
     sent = upstream.requests[-1]["messages"]
-    assert sent[0]["content"] == {"type": "text", "text": "Long rules."}  # stripped: it may be rejected
+    assert sent[0]["content"] == [{"type": "text", "text": "Long rules."}]  # stripped: it may be rejected
     assert sent[1]["content"] == [{"type": "text", "text": "hi"}]
     usage = r.json()["usage"]  # the client asked for caching: the seed's fields, nothing cached
     assert usage["cache_created_input_tokens"] == usage["cache_read_input_tokens"] == 0

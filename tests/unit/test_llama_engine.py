@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from infergate.catalog import ModelSpec, packaged_smollm2_path
 from infergate.engines.base import ChatRequest, RequestContext
 from infergate.engines.llama_cpp import LlamaCppEngine
+from infergate.engines.llama_scheduler import IDLE_WORKER_EXIT
 from infergate.errors import InvalidRequest, RateLimited
 from infergate.schemas.chat import ChatCompletionRequest
 from infergate.usage import Usage
@@ -419,6 +421,32 @@ def test_idle_unload_and_reload() -> None:
             assert r.usage.output_tokens <= 2 and engine.scheduler.state == "ready"
         finally:
             await engine.close()
+
+    run(scenario())
+
+
+def test_idle_worker_thread_ends_and_comes_back() -> None:
+    """Each thread that ran llama_decode keeps an OpenMP team that slows other models down, so a
+    model's worker thread lives only while there is work; idle unload still happens after it."""
+    engine = LlamaCppEngine(spec("threads", parallel=1, n_ctx=256, idle_unload=IDLE_WORKER_EXIT + 0.7))
+
+    def workers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "llama:threads"]
+
+    async def scenario() -> None:
+        await engine.start()
+        try:
+            await engine.complete(chat("Hi", max_tokens=2, temperature=0))
+            assert len(workers()) == 1
+            await asyncio.sleep(IDLE_WORKER_EXIT + 0.4)
+            assert workers() == [] and engine.scheduler.state == "ready"
+            await asyncio.sleep(0.8)  # past idle_unload: the timer unloaded it with no worker running
+            assert engine.scheduler.state == "unloaded" and workers() == []
+            r = await engine.complete(chat("Hi", max_tokens=2, temperature=0))
+            assert r.usage.output_tokens <= 2 and engine.scheduler.state == "ready"
+        finally:
+            await engine.close()
+        assert workers() == [] and engine.readiness() == "engine closed"
 
     run(scenario())
 

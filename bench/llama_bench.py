@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from infergate.catalog import ModelSpec, packaged_smollm2_path
 from infergate.engines.base import ChatRequest, RequestContext
 from infergate.engines.llama_cpp import LlamaCppEngine
-from infergate.engines.llama_scheduler import IDLE_WORKER_EXIT
+from infergate.engines.llama_worker import IDLE_WORKER_EXIT
 from infergate.schemas.chat import ChatCompletionRequest
 from infergate.usage import Usage
 
@@ -204,7 +204,7 @@ QUIET_LOG: list[float] = []
 
 def quiet() -> None:
     # let idle engine worker threads end first: a live one keeps an OpenMP team that slows every
-    # other llama.cpp caller in this process (see Scheduler._ensure_worker)
+    # other llama.cpp caller in this process (see llama_worker.py)
     time.sleep(IDLE_WORKER_EXIT + 0.1)
     if os.environ.get("LLAMA_BENCH_NO_WAIT") != "1":
         QUIET_LOG.append(wait_quiet())

@@ -1,4 +1,5 @@
-"""Continuous-batching scheduler of the llama.cpp engine: one worker thread per model.
+"""Continuous-batching scheduler of the llama.cpp engine: one worker thread per model, while busy
+(thread life in llama_worker.py).
 
 Requests (jobs, one sequence per choice) wait in a FIFO and are admitted into `parallel` KV
 slots. Every step builds one llama_batch holding the next token of each decoding sequence plus
@@ -12,7 +13,6 @@ prefix states are restored into a slot and breakpoint prefixes are saved as pref
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import threading
@@ -30,11 +30,10 @@ from infergate.engines.llama_model import N_BATCH, LoadedModel
 from infergate.engines.llama_prefix import CacheUsage, PrefixCache, PrefixPlan, PrefixWrite, tokenize_marked
 from infergate.engines.llama_sampling import SamplingOptions, SeqSampler, token_logprobs
 from infergate.engines.llama_text import ChoiceText
+from infergate.engines.llama_worker import OnDemandWorker
 from infergate.errors import InfergateError, InvalidRequest, RateLimited, Unavailable
 
 log = logging.getLogger("infergate.engines.llama_cpp")
-
-IDLE_WORKER_EXIT = 1.0  # seconds without work before a model's worker thread ends (see _ensure_worker)
 
 
 @dataclass(eq=False, slots=True)
@@ -68,51 +67,30 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return int(diff[0]) if diff.size else n
 
 
-class Scheduler:
+class Scheduler(OnDemandWorker):
     def __init__(self, spec: ModelSpec, threads: int, prefix: PrefixCache | None = None) -> None:
+        super().__init__(f"llama:{spec.id}", spec.idle_unload)
         self.spec = spec
         self.threads = threads
         self.parallel = spec.parallel
         self.prefix = prefix
         self._writing: set[str] = set()  # prefix keys that active sequences will save
         self._deferred: list[tuple[Job, int]] = []  # choices waiting for such a save (hold a slot)
-        self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._queued = 0  # sequences waiting for a slot
         self._running = 0  # sequences holding a slot
-        self._closing = False
-        self._thread: threading.Thread | None = None
-        self._worker_alive = False  # a worker thread runs (or is about to); guarded by _cond
-        self._unload_timer: threading.Timer | None = None
         self._model: LoadedModel | None = None
         self._slots: list[_Slot] = []
         self._active: list[_Seq] = []
         self._outbox: dict[Job, list[Event]] = {}
-        self._last_used = time.monotonic()
         self._seq_seconds = 2.0  # running mean of a sequence's lifetime, for Retry-After
         self.state = "not started"
         self.error: str | None = None
         self.generated_tokens = 0  # total sampled tokens (tests and metrics watch it)
         self.prompt_tokens_evaluated = 0  # prompt tokens run through llama_decode (not reused)
         self.loaded = threading.Event()
-        self.first_load = threading.Event()  # set once the start-up load attempt has ended
 
     # ---- called from the event loop -------------------------------------------------------
-
-    def start(self) -> None:
-        """Start the worker, which loads the model (see `first_load`)."""
-        with self._cond:
-            self._ensure_worker()
-
-    def _ensure_worker(self) -> None:
-        """Caller holds the lock. The worker thread exits after IDLE_WORKER_EXIT s without work,
-        because every thread that has run llama_decode keeps an OpenMP thread team: with two teams
-        on the machine's cores (two models, or one model and a raw llama-cpp-python call) libgomp
-        throttles its spin-waits and every model decodes ~40% slower. So: a thread only while busy."""
-        if not self._worker_alive and not self._closing:
-            self._worker_alive = True
-            self._thread = threading.Thread(target=self._run, name=f"llama:{self.spec.id}", daemon=True)
-            self._thread.start()
 
     def submit(self, job: Job) -> None:
         with self._cond:
@@ -127,8 +105,7 @@ class Scheduler:
                 )
             self._waiting.append(job)
             self._queued += job.n
-            self._ensure_worker()
-            self._cond.notify()
+            self._wake()
 
     def cancel(self, job: Job) -> None:
         """Stop a job: queued choices are dropped now, running ones before the next decode step."""
@@ -139,93 +116,33 @@ class Scheduler:
                 self._queued -= job.n - job.admitted
             self._cond.notify()
 
-    def close(self) -> None:
-        with self._cond:
-            self._closing = True
-            if self._unload_timer is not None:
-                self._unload_timer.cancel()
-            self._cond.notify()
-            thread = self._thread
-        if thread is not None:
-            thread.join()
-        if self.state != "closed":  # the worker had gone idle: nothing runs, free the model here
-            self._shutdown()
-
     @property
     def busy_sequences(self) -> int:
         return self._running
 
     # ---- worker thread ----------------------------------------------------------------------
 
-    def _run(self) -> None:
-        if not self.first_load.is_set():
-            with contextlib.suppress(Exception):  # reported by readiness; retried on the next request
-                self._ensure_loaded()
-            self.first_load.set()
-        try:
-            if self._loop():
-                self._shutdown()
-        except BaseException as exc:  # a bug here must not leave requests waiting forever
-            log.exception("model '%s': worker failed", self.spec.id)
-            self._fail_all(InfergateError(f"the worker of model '{self.spec.id}' failed: {exc}"))
-            with self._cond:
-                self._worker_alive = False
+    def _has_work(self) -> bool:
+        return bool(self._waiting or self._active or self._deferred)
 
-    def _loop(self) -> bool:
-        """Serve until closing (True) or idle for IDLE_WORKER_EXIT seconds (False: thread ends)."""
-        while True:
-            with self._cond:
-                idle_since = time.monotonic()
-                while not self._closing and not self._waiting and not self._active and not self._deferred:
-                    now = time.monotonic()
-                    exit_in = IDLE_WORKER_EXIT - (now - idle_since)
-                    unload_in = self._unload_in(now)
-                    if unload_in is not None and unload_in <= 0:
-                        self._maybe_unload()
-                        continue
-                    if exit_in <= 0:
-                        self._worker_alive = False  # from here on, submit() starts a new worker
-                        self._arm_unload_timer()
-                        return False
-                    self._cond.wait(exit_in if unload_in is None else min(exit_in, unload_in))
-                if self._closing:
-                    return True
-                picks = self._pick_admissions()
-            self._serve(picks)
+    def _take_work(self) -> list[tuple[Job, int]]:
+        return self._pick_admissions()
 
-    def _unload_in(self, now: float) -> float | None:
-        if self._model is None or self.spec.idle_unload is None:
-            return None
-        return self.spec.idle_unload - (now - self._last_used)
+    def _do_work(self, work: list[tuple[Job, int]]) -> None:
+        self._serve(work)
 
-    def _arm_unload_timer(self) -> None:
-        """Caller holds the lock: unload after `idle_unload` even though no worker thread waits."""
-        if self._unload_timer is not None:
-            self._unload_timer.cancel()
-        delay = self._unload_in(time.monotonic())
-        if delay is None:
-            return
-        self._unload_timer = threading.Timer(max(delay, 0.0), self._unload_if_idle)
-        self._unload_timer.daemon = True
-        self._unload_timer.start()
+    def _load(self) -> None:
+        self._ensure_loaded()
 
-    def _unload_if_idle(self) -> None:
-        with self._cond:  # no worker can start while the lock is held, so the model is ours
-            if not self._closing and not self._worker_alive:
-                self._maybe_unload()
+    def _is_loaded(self) -> bool:
+        return self._model is not None
 
-    def _maybe_unload(self) -> None:
-        idle = self.spec.idle_unload
-        if (
-            self._model is not None
-            and idle is not None
-            and not self._waiting
-            and not self._active
-            and time.monotonic() - self._last_used >= idle
-        ):
-            log.info("unloading model '%s' after %.0f s idle", self.spec.id, idle)
-            self._free_model()
-            self.state = "unloaded"
+    def _unload(self) -> None:
+        self._free_model()
+        self.state = "unloaded"
+
+    def _crashed(self, error: BaseException) -> None:
+        self._fail_all(InfergateError(f"the worker of model '{self.spec.id}' failed: {error}"))
 
     def _pick_admissions(self) -> list[tuple[Job, int]]:
         """FIFO: hand free slots to the oldest waiting choices (caller holds the lock)."""
@@ -242,7 +159,6 @@ class Scheduler:
         return picks
 
     def _serve(self, picks: list[tuple[Job, int]]) -> None:
-        self._last_used = time.monotonic()
         admissions, self._deferred = self._deferred + picks, []
         if admissions:
             try:

@@ -428,19 +428,25 @@ def test_idle_unload_and_reload() -> None:
 def test_idle_worker_thread_ends_and_comes_back() -> None:
     """Each thread that ran llama_decode keeps an OpenMP team that slows other models down, so a
     model's worker thread lives only while there is work; idle unload still happens after it."""
-    engine = LlamaCppEngine(spec("threads", parallel=1, n_ctx=256, idle_unload=IDLE_WORKER_EXIT + 0.7))
+    engine = LlamaCppEngine(spec("threads", parallel=1, n_ctx=256, idle_unload=IDLE_WORKER_EXIT + 2.0))
 
     def workers() -> list[threading.Thread]:
         return [t for t in threading.enumerate() if t.name == "llama:threads"]
+
+    async def until(check: Any, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not check() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     async def scenario() -> None:
         await engine.start()
         try:
             await engine.complete(chat("Hi", max_tokens=2, temperature=0))
             assert len(workers()) == 1
-            await asyncio.sleep(IDLE_WORKER_EXIT + 0.4)
+            await until(lambda: not workers(), IDLE_WORKER_EXIT + 1.5)
             assert workers() == [] and engine.scheduler.state == "ready"
-            await asyncio.sleep(0.8)  # past idle_unload: the timer unloaded it with no worker running
+            # past idle_unload: the timer unloads the model though no worker thread runs
+            await until(lambda: engine.scheduler.state == "unloaded", 10)
             assert engine.scheduler.state == "unloaded" and workers() == []
             r = await engine.complete(chat("Hi", max_tokens=2, temperature=0))
             assert r.usage.output_tokens <= 2 and engine.scheduler.state == "ready"

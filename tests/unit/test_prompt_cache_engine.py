@@ -281,3 +281,20 @@ def test_prompt_cache_can_be_turned_off(clock: FakeClock) -> None:
         assert first.cache_write_5m_tokens == 0 and first.cache_control
     finally:
         asyncio.run(eng.close())
+
+
+def test_a_duplicate_waiting_for_the_write_can_be_cancelled(engine: LlamaCppEngine) -> None:
+    async def scenario() -> Usage:
+        first = asyncio.create_task(engine.complete(explicit("cancel while waiting")))
+        second = asyncio.create_task(engine.complete(explicit("cancel while waiting")))
+        await asyncio.sleep(0.05)  # both submitted: the second waits for the first one's write
+        second.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        return (await first).usage
+
+    written = asyncio.run(scenario())
+    assert written.cache_write_5m_tokens > 300
+    assert engine.scheduler.busy_sequences == 0  # the cancelled one gave its slot back
+    _, again = complete(engine, explicit("cancel while waiting"))
+    assert again.cache_read_tokens == written.cache_write_5m_tokens

@@ -69,7 +69,7 @@ def count_request(route: str, method: str, status: int, seconds: float) -> None:
 _token_children: dict[tuple[str, str], Any] = {}
 
 
-def count_tokens(model: str, **counts: int) -> None:
+def count_billed_tokens(model: str, **counts: int) -> None:
     """Add to infergate_tokens_total{model, type} for each nonzero count (type = the keyword)."""
     for kind, value in counts.items():
         if value:

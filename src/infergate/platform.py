@@ -17,7 +17,7 @@ from infergate.config import Settings
 from infergate.engines.base import ChatEngine, Engine
 from infergate.engines.registry import BackendMissing, build_engine
 from infergate.errors import InvalidRequest, NotFound, Unavailable
-from infergate.observability import LEDGER_PENDING, count_tokens
+from infergate.observability import LEDGER_PENDING, count_billed_tokens
 from infergate.storage.db import open_database
 from infergate.storage.keys import KeyRepository
 from infergate.storage.ledger import LedgerRepository
@@ -116,7 +116,7 @@ class Platform:
             )
         )
         LEDGER_PENDING.inc()
-        count_tokens(
+        count_billed_tokens(
             spec.id,
             input=usage.input_tokens,
             output=usage.output_tokens,

@@ -28,8 +28,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess
 
 @pytest.fixture(scope="module")
 def client(embedded: ServerProcess) -> openai.OpenAI:
-    secret = embedded.create_key("embedded")["secret_key"]
-    return openai.OpenAI(base_url=f"{embedded.url}/v1/", api_key=secret, max_retries=0, timeout=120)
+    return embedded.openai_client("embedded")
 
 
 def ask(text: str) -> list[dict[str, str]]:

@@ -35,8 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="module")
 def client(server: ServerProcess) -> openai.OpenAI:
-    secret = server.create_key("cache")["secret_key"]
-    return openai.OpenAI(base_url=f"{server.url}/v1/", api_key=secret, max_retries=0, timeout=120)
+    return server.openai_client("cache")
 
 
 def manual(topic: str) -> str:

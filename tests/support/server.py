@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 
 VENV_BIN = Path(sys.executable).parent
 INFERGATE = str(VENV_BIN / "infergate")
@@ -98,6 +99,11 @@ class ServerProcess:
 
     def admin(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    def openai_client(self, key_name: str, timeout: float = 120) -> openai.OpenAI:
+        """The unchanged `openai` SDK with a new model access key (no retries: a failure shows)."""
+        secret = self.create_key(key_name)["secret_key"]
+        return openai.OpenAI(base_url=f"{self.url}/v1/", api_key=secret, max_retries=0, timeout=timeout)
 
     def create_key(self, name: str = "test") -> dict[str, Any]:
         r = httpx.post(

@@ -91,8 +91,7 @@ class KVStateStore:
                 try:
                     entry.state = self._load(entry)
                 except OSError:  # the spill file is gone or unreadable: a miss, not a failure
-                    self._entries.pop(key, None)
-                    self._disk -= entry.size
+                    self._drop(entry)
                     self.misses += 1
                     return None
                 self._memory += entry.size

@@ -116,8 +116,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # exists, owned by someone else
+        pass
     return True
 
 
@@ -200,7 +200,6 @@ class LlamaCppEngine(ChatEngine):
             sampling=sampling,
             deliver=deliver,
             cache_ttls=[bp.ttl for bp in breakpoints],
-            explicit_cache=request.cache_plan.explicit,
         )
         self.scheduler.submit(job)
         return job, queue, plan

@@ -60,9 +60,13 @@ class Job:
     sampling: SamplingOptions
     deliver: Callable[[list[Event]], None]
     cache_ttls: list[Ttl] = field(default_factory=list)  # ttl of breakpoint k (marked in messages)
-    explicit_cache: bool = False  # the request used cache_control
     cancelled: bool = False
     prompt: list[int] | None = None
     boundaries: list[tuple[int, Ttl]] = field(default_factory=list)  # breakpoint token counts
     admitted: int = 0  # choices given a slot so far
     cache_usage: CacheUsage | None = None  # set by the first choice placed in a slot
+
+    @property
+    def explicit_cache(self) -> bool:
+        """The request used cache_control."""
+        return bool(self.cache_ttls)

@@ -18,6 +18,7 @@ import llama_cpp as L
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from infergate.engines.llama_prompt import CHATML_TEMPLATE
+from infergate.engines.llama_sampling import token_logprobs
 
 log = logging.getLogger("infergate.engines.llama_cpp")
 
@@ -140,6 +141,18 @@ class LoadedModel:
                 n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
             cached = self._pieces[token] = buf.raw[:n]
         return cached
+
+    def logprob_entry(self, idx: int, token: int, top: int) -> dict[str, Any]:
+        """OpenAI's logprobs entry for the token sampled from batch position `idx`."""
+        logprob, alts = token_logprobs(self.ctx, idx, self.n_vocab, token, top)
+
+        def describe(t: int, lp: float) -> dict[str, Any]:
+            raw = self.piece(t)
+            return {"token": raw.decode("utf-8", errors="replace"), "logprob": lp, "bytes": list(raw)}
+
+        entry = describe(token, logprob)
+        entry["top_logprobs"] = [describe(t, lp) for t, lp in alts]
+        return entry
 
     def is_eog(self, token: int) -> bool:
         eog = self._eog.get(token)

@@ -16,6 +16,7 @@ request, or restored from the store) is a read and nothing is written.
 from __future__ import annotations
 
 import ctypes
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ MARK = "\U000ffffd"  # a noncharacter: never in real text, passed through by Jin
 if TYPE_CHECKING:  # llama_model imports llama_prompt, which imports this module
     from infergate.engines.llama_model import LoadedModel
 
+log = logging.getLogger("infergate.engines.llama_cpp")
 _MARK_RE = re.compile(MARK + r"(\d+)" + MARK)
 
 
@@ -172,6 +174,43 @@ class PrefixCache:
                 restore, n_past = None, slot_reuse  # the slot already holds all that can be kept
             n_past = min(n_past, writes[0].n_tokens)  # a saved state holds exactly its prefix
         return PrefixPlan(restore, n_past, writes, usage)
+
+    def apply(
+        self,
+        model: LoadedModel,
+        seq_id: int,
+        plan: PrefixPlan,
+        prompt: list[int],
+        boundaries: list[tuple[int, Ttl]],
+        explicit: bool,
+        writing: set[str],
+    ) -> tuple[PrefixPlan, int]:
+        """Make the sequence hold the prompt's first tokens as planned: (plan, tokens held). A
+        saved state that will not load is dropped from the store and the plan made again for an
+        empty sequence."""
+        n_past = self._place(model, seq_id, plan)
+        if n_past >= 0:
+            return plan, n_past
+        if plan.restore is not None:
+            self.store.discard(plan.restore.key)
+        retry = self.plan(prompt, boundaries, 0, explicit, writing) or PrefixPlan(None, 0)
+        n_past = self._place(model, seq_id, retry)
+        return (retry, n_past) if n_past >= 0 else (PrefixPlan(None, 0), 0)
+
+    @staticmethod
+    def _place(model: LoadedModel, seq_id: int, plan: PrefixPlan) -> int:
+        """Tokens the sequence holds after the plan, or -1 (sequence emptied) when its saved
+        state could not be loaded."""
+        if plan.restore is None:
+            return model.drop_kv(seq_id, plan.n_past)
+        model.drop_kv(seq_id, 0)
+        if PrefixCache.restore_into(model.ctx, seq_id, plan.restore):
+            if plan.n_past < plan.restore.n_tokens:
+                return model.drop_kv(seq_id, plan.n_past)
+            return plan.n_past
+        log.warning("could not load a saved prompt state; dropping it")
+        model.drop_kv(seq_id, 0)
+        return -1
 
     def save(self, ctx: Any, seq_id: int, write: PrefixWrite) -> bool:
         """Copy the sequence's KV cells (exactly `write.n_tokens` of them) into the store."""

@@ -19,7 +19,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import llama_cpp as L
 import numpy as np
@@ -28,7 +27,7 @@ from infergate.catalog import ModelSpec
 from infergate.engines.llama_jobs import Cached, Delta, Done, Event, Failed, Job, Started
 from infergate.engines.llama_model import N_BATCH, LoadedModel
 from infergate.engines.llama_prefix import CacheUsage, PrefixCache, PrefixPlan, PrefixWrite, tokenize_marked
-from infergate.engines.llama_sampling import SamplingOptions, SeqSampler, token_logprobs
+from infergate.engines.llama_sampling import SamplingOptions, SeqSampler
 from infergate.engines.llama_text import ChoiceText
 from infergate.engines.llama_worker import OnDemandWorker
 from infergate.errors import InfergateError, InvalidRequest, RateLimited, Unavailable
@@ -219,9 +218,10 @@ class Scheduler(OnDemandWorker):
             return
         prompt = job.prompt
         assert prompt is not None
-        free = [s for s in self._slots if not s.busy]
-        slot = max(free, key=lambda s: _common_prefix(s.cached, prompt))
-        slot_reuse = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
+        slot, common = max(
+            ((s, _common_prefix(s.cached, prompt)) for s in self._slots if not s.busy), key=lambda sc: sc[1]
+        )
+        slot_reuse = min(common, len(prompt) - 1)
         plan: PrefixPlan | None = None
         if self.prefix is not None:
             plan = self.prefix.plan(prompt, job.boundaries, slot_reuse, job.explicit_cache, self._writing)
@@ -237,15 +237,12 @@ class Scheduler(OnDemandWorker):
             self._fail(job, exc)
             self._release_running(1)
             return
-        n_past = self._place(model, slot, plan, slot_reuse)
-        if n_past < 0 and plan is not None and self.prefix is not None:  # a state would not load
-            if plan.restore is not None:
-                self.prefix.store.discard(plan.restore.key)
-            plan = self.prefix.plan(prompt, job.boundaries, 0, job.explicit_cache, self._writing)
-            plan = plan or PrefixPlan(None, 0)
-            n_past = self._place(model, slot, plan, 0)
-            if n_past < 0:
-                plan, n_past = PrefixPlan(None, 0), 0
+        if self.prefix is None or plan is None:
+            n_past = model.drop_kv(slot.seq_id, slot_reuse)
+        else:
+            plan, n_past = self.prefix.apply(
+                model, slot.seq_id, plan, prompt, job.boundaries, job.explicit_cache, self._writing
+            )
         slot.busy, slot.cached = True, []
         room = model.n_ctx_seq - len(prompt)
         max_new = room if job.max_tokens is None else min(job.max_tokens, room)
@@ -256,7 +253,7 @@ class Scheduler(OnDemandWorker):
             self._writing.update(w.key for w in plan.writes)
         if job.cache_usage is None:
             explicit = plan is not None and job.explicit_cache
-            job.cache_usage = plan.usage if plan is not None and explicit else CacheUsage(read=n_past)
+            job.cache_usage = plan.usage if explicit and plan is not None else CacheUsage(read=n_past)
             seq.accounting = True
         self._active.append(seq)
         self._save_due(seq)
@@ -273,22 +270,6 @@ class Scheduler(OnDemandWorker):
             )
         job.prompt = tokens
         self._emit(job, Started(len(tokens)))
-
-    @staticmethod
-    def _place(model: LoadedModel, slot: _Slot, plan: PrefixPlan | None, slot_reuse: int) -> int:
-        """Make the slot hold the prompt's first tokens as planned; returns how many it holds, or
-        -1 (slot emptied) when a saved state could not be loaded."""
-        target = slot_reuse if plan is None else plan.n_past
-        if plan is not None and plan.restore is not None:
-            model.drop_kv(slot.seq_id, 0)
-            if PrefixCache.restore_into(model.ctx, slot.seq_id, plan.restore):
-                if target < plan.restore.n_tokens:
-                    return model.drop_kv(slot.seq_id, target)
-                return target
-            log.warning("could not load a saved prompt state; dropping it")
-            model.drop_kv(slot.seq_id, 0)
-            return -1
-        return model.drop_kv(slot.seq_id, target)
 
     def _save_due(self, seq: _Seq) -> None:
         """Save the breakpoint prefixes the sequence has just reached."""
@@ -363,26 +344,13 @@ class Scheduler(OnDemandWorker):
         seq.n_gen += 1
         piece = model.piece(token)
         opts = seq.job.sampling
-        logprob = self._logprob_entry(idx, token, piece, opts.top_logprobs) if opts.logprobs else None
+        logprob = model.logprob_entry(idx, token, opts.top_logprobs) if opts.logprobs else None
         if seq.out.add(piece, logprob):
             self._finish(seq, "stop")
         elif seq.n_gen >= seq.max_new:
             self._finish(seq, "length")
         else:
             self._send_text(seq)
-
-    def _logprob_entry(self, idx: int, token: int, piece: bytes, top: int) -> dict[str, Any]:
-        model = self._model
-        assert model is not None
-        logprob, alts = token_logprobs(model.ctx, idx, model.n_vocab, token, top)
-
-        def describe(t: int, lp: float) -> dict[str, Any]:
-            raw = model.piece(t)
-            return {"token": raw.decode("utf-8", errors="replace"), "logprob": lp, "bytes": list(raw)}
-
-        entry = describe(token, logprob)
-        entry["top_logprobs"] = [describe(t, lp) for t, lp in alts]
-        return entry
 
     def _send_text(self, seq: _Seq, final: bool = False) -> None:
         out = seq.out.take(final)

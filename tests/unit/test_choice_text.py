@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from infergate.engines.llama_text import ChoiceText
+from infergate.engines.llama.text import ChoiceText
 
 
 def test_a_character_split_across_tokens_is_sent_whole() -> None:

@@ -13,8 +13,8 @@ import pytest
 
 from infergate.catalog import ModelSpec, packaged_smollm2_path
 from infergate.engines.base import ChatRequest, RequestContext
-from infergate.engines.llama_cpp import LlamaCppEngine
-from infergate.engines.llama_worker import IDLE_WORKER_EXIT
+from infergate.engines.llama.engine import LlamaCppEngine
+from infergate.engines.llama.worker import IDLE_WORKER_EXIT
 from infergate.errors import InvalidRequest, RateLimited
 from infergate.schemas.chat import ChatCompletionRequest
 from infergate.usage import Usage

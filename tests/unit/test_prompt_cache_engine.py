@@ -14,7 +14,7 @@ import pytest
 from infergate.cache.plan import PromptCachePlan
 from infergate.catalog import ModelSpec, packaged_smollm2_path
 from infergate.engines.base import ChatRequest, RequestContext
-from infergate.engines.llama_cpp import LlamaCppEngine
+from infergate.engines.llama.engine import LlamaCppEngine
 from infergate.schemas.chat import ChatCompletionRequest
 from infergate.usage import Usage
 from tests.support.seed import SEED_CACHE_USAGE_FIELDS

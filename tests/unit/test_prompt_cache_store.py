@@ -11,7 +11,7 @@ import pytest
 from infergate.cache.plan import PromptCachePlan, split_prefix_tokens
 from infergate.cache.store import KVStateStore, prefix_key
 from infergate.catalog import ModelSpec
-from infergate.engines.llama_cpp import prompt_cache_store
+from infergate.engines.llama.engine import prompt_cache_store
 from infergate.errors import InvalidRequest
 from infergate.schemas.chat import ChatCompletionRequest
 

@@ -20,8 +20,17 @@ from infergate.usage import Usage
 
 @dataclass
 class RequestContext:
+    """Who asked, and what the work has consumed so far.
+
+    `usage` is live: an engine adds prompt, cache and output tokens to it as the work goes
+    (prompt and cache counts once the prompt is evaluated, output tokens as they are generated).
+    The metering layer bills whatever it holds when a request is cut short (failure, timeout,
+    client gone), so an engine keeps it current rather than only reporting a final Usage.
+    """
+
     request_id: str
     key_uuid: str | None = None
+    usage: Usage = field(default_factory=Usage)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -10,7 +10,7 @@ from infergate.engines.base import Engine
 
 BACKENDS: dict[tuple[str, str], str] = {
     ("chat", "openai"): "infergate.engines.openai_upstream:OpenAIUpstreamEngine",
-    ("chat", "llama_cpp"): "infergate.engines.llama_cpp:LlamaCppEngine",
+    ("chat", "llama_cpp"): "infergate.engines.llama.engine:LlamaCppEngine",
 }
 
 

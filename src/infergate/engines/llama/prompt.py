@@ -8,13 +8,13 @@ grammar-constrained to one JSON object {"name": ..., "arguments": {...}}.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from infergate.cache.plan import Breakpoint
-from infergate.engines.llama_prefix import breakpoint_mark
-from infergate.engines.llama_sampling import TOOL_TRIGGER_PATTERNS, schema_grammar, tool_call_schema
+from infergate.cache.plan import Breakpoint, Ttl
+from infergate.engines.llama.sampling import TOOL_TRIGGER_PATTERNS, schema_grammar, tool_call_schema
 from infergate.errors import InvalidRequest
 from infergate.schemas.chat import ChatCompletionRequest, Message, NamedToolChoice, TextPart
 
@@ -24,6 +24,50 @@ CHATML_TEMPLATE = (
     " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
     "{% endif %}"
 )
+
+
+class Renderer(Protocol):
+    """What tokenize_marked needs of a loaded model (model.LoadedModel)."""
+
+    def render(self, messages: list[dict[str, str]]) -> str: ...
+
+    def tokenize(self, text: str, bos: bool = True) -> list[int]: ...
+
+
+MARK = "\U000ffffd"  # a noncharacter: never in real text, passed through by Jinja templates
+_MARK_RE = re.compile(MARK + r"(\d+)" + MARK)
+
+
+def breakpoint_mark(index: int) -> str:
+    return f"{MARK}{index}{MARK}"
+
+
+def split_marked(text: str) -> tuple[list[str], list[int]]:
+    """Rendered prompt -> text pieces and the breakpoint index found after each piece but the last."""
+    pieces: list[str] = []
+    order: list[int] = []
+    start = 0
+    for found in _MARK_RE.finditer(text):
+        pieces.append(text[start : found.start()])
+        order.append(int(found.group(1)))
+        start = found.end()
+    pieces.append(text[start:].replace(MARK, ""))
+    return pieces, order
+
+
+def tokenize_marked(
+    model: Renderer, messages: list[dict[str, str]], ttls: list[Ttl]
+) -> tuple[list[int], list[tuple[int, Ttl]]]:
+    """Render the chat and tokenize it piece by piece between breakpoint marks: the tokens, and
+    for each breakpoint the number of tokens up to it with its ttl."""
+    pieces, order = split_marked(model.render(messages))
+    tokens: list[int] = []
+    boundaries: list[tuple[int, Ttl]] = []
+    for i, piece in enumerate(pieces):
+        tokens += model.tokenize(piece, bos=(i == 0))
+        if i < len(order) and order[i] < len(ttls):
+            boundaries.append((len(tokens), ttls[order[i]]))
+    return tokens, boundaries
 
 
 @dataclass

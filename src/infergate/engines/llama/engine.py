@@ -25,11 +25,11 @@ import llama_cpp as L
 from infergate.cache.store import Clock, KVStateStore
 from infergate.catalog import ModelSpec
 from infergate.engines.base import ChatEngine, ChatRequest, ChatResult
-from infergate.engines.llama_jobs import Cached, Delta, Done, Event, Failed, Job, Started
-from infergate.engines.llama_prefix import CacheUsage, PrefixCache
-from infergate.engines.llama_prompt import ToolPlan, chat_messages, parse_tool_call, plan_tools
-from infergate.engines.llama_sampling import JSON_OBJECT_GBNF, SamplingOptions, schema_grammar
-from infergate.engines.llama_scheduler import Scheduler
+from infergate.engines.llama.jobs import Cached, Delta, Done, Event, Failed, Job, Started
+from infergate.engines.llama.prefix import CacheUsage, PrefixCache
+from infergate.engines.llama.prompt import ToolPlan, chat_messages, parse_tool_call, plan_tools
+from infergate.engines.llama.sampling import JSON_OBJECT_GBNF, SamplingOptions, schema_grammar
+from infergate.engines.llama.scheduler import Scheduler
 from infergate.errors import InvalidRequest
 from infergate.observability import watch_prompt_cache
 from infergate.schemas.chat import ChatCompletionRequest

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-log = logging.getLogger("infergate.engines.llama_cpp")
+log = logging.getLogger("infergate.engines.llama.engine")
 
 IDLE_WORKER_EXIT = 1.0  # seconds without work before the worker thread ends
 

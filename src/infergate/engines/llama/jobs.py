@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infergate.cache.plan import Ttl
-from infergate.engines.llama_prefix import CacheUsage
-from infergate.engines.llama_sampling import SamplingOptions
+from infergate.engines.llama.prefix import CacheUsage
+from infergate.engines.llama.sampling import SamplingOptions
 
 
 @dataclass(slots=True)

@@ -1,7 +1,7 @@
 """Prompt caching for the llama.cpp engine: breakpoints in the prompt, saved KV states, billing.
 
 A `cache_control` breakpoint is carried through the chat template as a mark after the marked
-part's text (`breakpoint_mark`); the rendered prompt is cut at the marks and tokenized piece by
+part's text (`prompt.breakpoint_mark`); the rendered prompt is cut at the marks and tokenized piece by
 piece, so a breakpoint falls on an exact token boundary. The KV state of a sequence holding
 exactly the prompt up to a boundary is saved in a `KVStateStore` under a hash of those tokens;
 a later prompt starting with the same tokens restores it into its slot and evaluates only the
@@ -17,54 +17,16 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import llama_cpp as L
 
 from infergate.cache.plan import TTL_SECONDS, Ttl
 from infergate.cache.store import CacheEntry, KVStateStore, prefix_key
 
-MARK = "\U000ffffd"  # a noncharacter: never in real text, passed through by Jinja templates
-if TYPE_CHECKING:  # llama_model imports llama_prompt, which imports this module
-    from infergate.engines.llama_model import LoadedModel
-
-log = logging.getLogger("infergate.engines.llama_cpp")
-_MARK_RE = re.compile(MARK + r"(\d+)" + MARK)
-
-
-def breakpoint_mark(index: int) -> str:
-    return f"{MARK}{index}{MARK}"
-
-
-def split_marked(text: str) -> tuple[list[str], list[int]]:
-    """Rendered prompt -> text pieces and the breakpoint index found after each piece but the last."""
-    pieces: list[str] = []
-    order: list[int] = []
-    start = 0
-    for found in _MARK_RE.finditer(text):
-        pieces.append(text[start : found.start()])
-        order.append(int(found.group(1)))
-        start = found.end()
-    pieces.append(text[start:].replace(MARK, ""))
-    return pieces, order
-
-
-def tokenize_marked(
-    model: LoadedModel, messages: list[dict[str, str]], ttls: list[Ttl]
-) -> tuple[list[int], list[tuple[int, Ttl]]]:
-    """Render the chat and tokenize it piece by piece between breakpoint marks: the tokens, and
-    for each breakpoint the number of tokens up to it with its ttl."""
-    pieces, order = split_marked(model.render(messages))
-    tokens: list[int] = []
-    boundaries: list[tuple[int, Ttl]] = []
-    for i, piece in enumerate(pieces):
-        tokens += model.tokenize(piece, bos=(i == 0))
-        if i < len(order) and order[i] < len(ttls):
-            boundaries.append((len(tokens), ttls[order[i]]))
-    return tokens, boundaries
+log = logging.getLogger("infergate.engines.llama.engine")
 
 
 @dataclass(slots=True)

@@ -17,10 +17,10 @@ from typing import Any
 import llama_cpp as L
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from infergate.engines.llama_prompt import CHATML_TEMPLATE
-from infergate.engines.llama_sampling import token_logprobs
+from infergate.engines.llama.prompt import CHATML_TEMPLATE
+from infergate.engines.llama.sampling import token_logprobs
 
-log = logging.getLogger("infergate.engines.llama_cpp")
+log = logging.getLogger("infergate.engines.llama.engine")
 
 N_BATCH = 512  # tokens per llama_decode call; also the prefill chunk budget per step
 

@@ -24,15 +24,16 @@ import llama_cpp as L
 import numpy as np
 
 from infergate.catalog import ModelSpec
-from infergate.engines.llama_jobs import Cached, Delta, Done, Event, Failed, Job, Started
-from infergate.engines.llama_model import N_BATCH, LoadedModel
-from infergate.engines.llama_prefix import CacheUsage, PrefixCache, PrefixPlan, PrefixWrite, tokenize_marked
-from infergate.engines.llama_sampling import SamplingOptions, SeqSampler
-from infergate.engines.llama_text import ChoiceText
-from infergate.engines.llama_worker import OnDemandWorker
+from infergate.engines.llama.jobs import Cached, Delta, Done, Event, Failed, Job, Started
+from infergate.engines.llama.model import N_BATCH, LoadedModel
+from infergate.engines.llama.prefix import CacheUsage, PrefixCache, PrefixPlan, PrefixWrite
+from infergate.engines.llama.prompt import tokenize_marked
+from infergate.engines.llama.sampling import SamplingOptions, SeqSampler
+from infergate.engines.llama.text import ChoiceText
+from infergate.engines.llama.worker import OnDemandWorker
 from infergate.errors import InfergateError, InvalidRequest, RateLimited, Unavailable
 
-log = logging.getLogger("infergate.engines.llama_cpp")
+log = logging.getLogger("infergate.engines.llama.engine")
 
 
 @dataclass(eq=False, slots=True)

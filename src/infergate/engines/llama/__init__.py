@@ -1,0 +1,1 @@
+"""The embedded llama.cpp engine: model, scheduler, prompt, prefix cache, worker thread."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from typing import Any
 
@@ -50,6 +51,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "use `infergate keys create NAME` to make keys",
             file=sys.stderr,
         )
+    try:  # once, here, before workers fork: they find the schema at head and never race on it
+        _migrate(settings)
+    except Exception as exc:
+        print(f"infergate: the database cannot be opened: {exc}", file=sys.stderr)
+        return 1
     scheme = "https" if args.tls_cert else "http"
     print(
         f"infergate: serving {len(catalog)} models on {scheme}://{args.host}:{args.port} "
@@ -104,11 +110,15 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_migrate(_: argparse.Namespace) -> int:
+def _migrate(settings: Settings) -> None:
     from infergate.storage.db import open_database
 
-    settings = Settings.from_env()
     open_database(settings.database_url).dispose()
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    _migrate(settings)
     print(f"database at head: {settings.database_url.split('@')[-1]}")
     return 0
 
@@ -155,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Everything infergate creates in the data dir (database, spill files, epoch, caches) is
+    # private to its user: files 0600, folders 0700. Server workers inherit the umask.
+    os.umask(0o077)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -35,7 +35,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         data_dir = Path(os.environ.get("INFERGATE_DATA_DIR") or "./data").expanduser().resolve()
-        data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(data_dir)
         db_url = os.environ.get("INFERGATE_DATABASE_URL") or f"sqlite:///{data_dir / 'infergate.db'}"
         origins = tuple(
             o.strip() for o in os.environ.get("INFERGATE_CORS_ORIGINS", "").split(",") if o.strip()
@@ -54,6 +54,17 @@ class Settings:
 
     def load_catalog(self) -> Catalog:
         return Catalog.load(self.config_path, self.data_dir)
+
+
+def make_private_dir(path: Path) -> None:
+    """The data dir holds keys' hashes, the ledger and prompt caches: only its user may enter it
+    (what is created inside follows the process umask, 077 under `infergate`)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+    except OSError:  # not ours to change (a mounted volume): leave it as the operator set it
+        pass
 
 
 def normalize_database_url(url: str) -> str:

@@ -119,3 +119,19 @@ def setup_logging(access: bool) -> None:
 def log_access(fields: dict[str, Any]) -> None:
     if ACCESS_LOG.enabled:
         ACCESS_LOG.write(fields)
+
+
+# The ledger writer (storage/ledger_writer.py): rows waiting for the database, and the fallbacks.
+LEDGER_PENDING_ROWS = Gauge(
+    "infergate_ledger_pending_rows", "Ledger rows waiting in memory to be written", registry=REGISTRY
+)
+LEDGER_SPILLED_ROWS = Counter(
+    "infergate_ledger_spilled_rows_total",
+    "Ledger rows written to the spill file because the database was unreachable",
+    registry=REGISTRY,
+)
+LEDGER_WRITE_FAILURES = Counter(
+    "infergate_ledger_write_failures_total",
+    "Failed ledger write attempts (each one retried)",
+    registry=REGISTRY,
+)

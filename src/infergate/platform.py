@@ -21,7 +21,8 @@ from infergate.observability import LEDGER_PENDING, count_billed_tokens
 from infergate.storage.db import open_database
 from infergate.storage.keys import KeyRepository
 from infergate.storage.ledger import LedgerRepository
-from infergate.usage import LedgerEntry, LedgerWriter, Usage, now_ms
+from infergate.storage.ledger_writer import LedgerWriter
+from infergate.usage import LedgerEntry, Usage, now_ms
 
 log = logging.getLogger("infergate")
 

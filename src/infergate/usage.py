@@ -1,4 +1,4 @@
-"""The Usage value of one request, its price, and the batched ledger writer.
+"""The Usage value of one request, its price, and its ledger entry (written by storage/ledger_writer.py).
 
 A request's usage is built once (from the engine's counts) and that same value is rendered to
 the client and written to the ledger, so the bill and the response can never disagree.
@@ -6,21 +6,12 @@ the client and written to the ledger, so the bill and the response can never dis
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN
-from pathlib import Path
 from typing import Any
 
-import orjson
-
 from infergate.catalog import ModelSpec
-
-log = logging.getLogger("infergate.usage")
 
 
 @dataclass
@@ -163,85 +154,6 @@ class LedgerEntry:
             "estimated": u.estimated,
             "created_ms": self.created_ms,
         }
-
-
-class LedgerWriter:
-    """Collects ledger rows in memory and writes them in batches off the request path.
-
-    Rows are inserted with the request id as a unique key, so a retried batch can never count a
-    request twice. If the database is unreachable at shutdown the rows go to a spill file in the
-    data dir, replayed on the next start.
-    """
-
-    def __init__(
-        self,
-        write_rows: Callable[[list[dict[str, Any]]], None],
-        spill_path: Path,
-        flush_interval: float = 0.2,
-        max_batch: int = 2000,
-    ) -> None:
-        self._write_rows = write_rows
-        self._spill_path = spill_path
-        self._interval = flush_interval
-        self._max_batch = max_batch
-        self._pending: list[dict[str, Any]] = []
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._lock = asyncio.Lock()
-
-    def record(self, entry: LedgerEntry) -> None:
-        self._pending.append(entry.row())
-        if len(self._pending) >= self._max_batch:
-            self._wakeup.set()
-
-    async def start(self) -> None:
-        await asyncio.to_thread(self._replay_spill)
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self._interval)
-            self._wakeup.clear()
-            await self.flush()
-
-    async def flush(self) -> None:
-        async with self._lock:
-            while self._pending:
-                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-                try:
-                    await asyncio.to_thread(self._write_rows, batch)
-                except Exception as exc:
-                    log.error("ledger write failed (%s); %d rows kept for retry", exc, len(batch))
-                    self._pending[:0] = batch
-                    return
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-        await self.flush()
-        if self._pending:
-            self._spill(self._pending)
-            self._pending = []
-
-    def _spill(self, rows: list[dict[str, Any]]) -> None:
-        with self._spill_path.open("ab") as fh:
-            for row in rows:
-                fh.write(orjson.dumps(row) + b"\n")
-        log.error(
-            "database unreachable at shutdown: %d ledger rows spilled to %s", len(rows), self._spill_path
-        )
-
-    def _replay_spill(self) -> None:
-        if not self._spill_path.exists():
-            return
-        rows = [orjson.loads(line) for line in self._spill_path.read_bytes().splitlines() if line.strip()]
-        if rows:
-            self._write_rows(rows)
-        self._spill_path.unlink()
-        log.info("replayed %d spilled ledger rows", len(rows))
 
 
 def now_ms() -> int:

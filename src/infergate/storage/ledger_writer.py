@@ -1,0 +1,446 @@
+"""The ledger writer: usage rows batched off the request path, never lost.
+
+`record()` only appends an entry to a list (it runs on the event loop for every request). A
+flush renders the entries (`entry.row()`) and inserts them in the writer's own thread. Rows
+are keyed by request id and inserted with "ignore duplicates", so writing a row twice (a retry,
+a replay, a batch both committed and spilled) still counts the request once. That is what makes
+every fallback below safe:
+
+- the database is down: the batch stays in memory and is retried with exponential backoff
+  (logged once per state change); past `max_pending` rows, they go to the spill file instead;
+- shutdown while the database is down, or while a write hangs: the rest goes to the spill file;
+- the spill file is replayed at the next start, and after the database comes back, by one
+  process at a time (a file lock), crash-safe (renamed first, deleted after the inserts commit);
+  a corrupt line is set aside in the rejected file and the rest replayed;
+- a row the database refuses for its content (not for being down) is set aside in the rejected
+  file too, so one bad row cannot block every later one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+from sqlalchemy import exc as sa_exc
+
+from infergate.observability import LEDGER_PENDING_ROWS, LEDGER_SPILLED_ROWS, LEDGER_WRITE_FAILURES
+
+log = logging.getLogger("infergate.ledger")
+
+Row = dict[str, Any]
+
+
+class LedgerRow(Protocol):
+    def row(self) -> Row: ...
+
+
+class _Batch:
+    """Rows being written. `parts` (rendered rows, entries not yet rendered) is replaced in one
+    assignment, so whoever reclaims a batch whose write hangs reads a consistent pair."""
+
+    def __init__(self, rows: list[Row], entries: list[Any]) -> None:
+        self.parts: tuple[list[Row], list[Any]] = (rows, entries)
+        self.future: asyncio.Future[BaseException | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.parts[0]) + len(self.parts[1])
+
+
+class _WriterThread:
+    """One daemon thread running the writer's jobs in order. Not `asyncio.to_thread`: that pool is
+    joined at interpreter exit, so a write hung on a dead database connection would keep the
+    process from ever exiting; its batch is spilled by `close()` instead."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="ledger-writer", daemon=True)
+            self._thread.start()
+        self._jobs.put((loop, future, fn, args))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            loop, future, fn, args = self._jobs.get()
+            try:
+                outcome: tuple[bool, Any] = (True, fn(*args))
+            except BaseException as exc:  # handed to the awaiting coroutine, never lost here
+                outcome = (False, exc)
+            with contextlib.suppress(RuntimeError):  # the loop closed while we wrote
+                loop.call_soon_threadsafe(_settle, future, outcome)
+
+
+def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    if future.done():
+        return
+    ok, value = outcome
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+def _row_fault(exc: BaseException) -> bool:
+    """The database refused the data, not the connection: retrying the same rows cannot help."""
+    if isinstance(exc, sa_exc.IntegrityError | sa_exc.DataError):
+        return True
+    if isinstance(exc, sa_exc.StatementError) and not isinstance(exc, sa_exc.DBAPIError):
+        return True  # a row SQLAlchemy could not bind (missing or wrong-typed value)
+    return isinstance(exc, TypeError | ValueError | KeyError)
+
+
+def _short(exc: BaseException) -> str:
+    """The driver's own message: SQLAlchemy's text would carry the SQL and every row's values."""
+    inner = getattr(exc, "orig", None) or exc
+    text = str(inner).strip().splitlines()
+    return f"{type(inner).__name__}: {text[0][:300] if text else ''}"
+
+
+def _dumps(row: Row) -> bytes:
+    return orjson.dumps(row, default=str)
+
+
+class LedgerWriter:
+    """Collects ledger entries in memory and writes them in batches off the request path."""
+
+    def __init__(
+        self,
+        write_rows: Callable[[list[Row]], None],
+        spill_path: Path,
+        flush_interval: float = 0.2,
+        max_batch: int = 2000,
+        max_pending: int = 10_000,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        close_timeout: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._write_rows = write_rows
+        self.spill_path = spill_path
+        stem = spill_path.name.removesuffix(".jsonl")
+        self.replaying_path = spill_path.with_name(f"{stem}.replaying.jsonl")
+        self.rejected_path = spill_path.with_name(f"{stem}.rejected.jsonl")
+        self.lock_path = spill_path.with_name(f"{stem}.lock")
+        self._interval = flush_interval
+        self._max_batch = max_batch
+        self._max_pending = max_pending
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._close_timeout = close_timeout
+        self._clock = clock
+        self._entries: list[Any] = []  # recorded, not rendered yet
+        self._rows: list[Row] = []  # rendered rows a failed write gave back; written first
+        self._inflight: _Batch | None = None
+        self._failures = 0  # consecutive failed writes; 0 = the database is reachable
+        self._retry_at = 0.0
+        self._wake_at = max_batch  # record() wakes the flusher when this many entries wait
+        self._replay_due = False
+        self._thread = _WriterThread()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    # --- the request path ------------------------------------------------------------------------
+
+    def record(self, entry: LedgerRow) -> None:
+        """O(1): rendering, pricing and writing happen in the writer's thread."""
+        self._entries.append(entry)
+        if len(self._entries) >= self._wake_at:
+            self._wakeup.set()
+
+    @property
+    def pending(self) -> int:
+        inflight = len(self._inflight) if self._inflight is not None else 0
+        return len(self._entries) + len(self._rows) + inflight
+
+    @property
+    def failing(self) -> bool:
+        return self._failures > 0
+
+    # --- life --------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._replay("start")
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            timeout = max(self._retry_at - self._clock(), 0.0) if self._failures else self._interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            self._wakeup.clear()
+            try:
+                await self.tick()
+            except Exception:  # the flusher must outlive any surprise, or usage piles up unseen
+                log.exception("ledger writer: unexpected error; retrying")
+                self._note_failure(None)
+
+    async def tick(self) -> None:
+        """One round of the flusher: write and replay (unless backing off), spill past the bound."""
+        backing_off = self._failures and self._clock() < self._retry_at
+        if not backing_off and await self.flush() and self._replay_due:
+            await self._replay("recovery")
+        if self._failures and len(self._rows) + len(self._entries) > self._max_pending:
+            await self._spill_pending("the database is unreachable")
+        LEDGER_PENDING_ROWS.set(self.pending)
+
+    async def flush(self) -> bool:
+        """Write everything pending now (backoff or not). False if the database refused it."""
+        async with self._lock:
+            while self._rows or self._entries:
+                rows, self._rows = self._rows[: self._max_batch], self._rows[self._max_batch :]
+                take = self._max_batch - len(rows)
+                entries, self._entries = self._entries[:take], self._entries[take:]
+                batch = self._inflight = _Batch(rows, entries)
+                batch.future = self._thread.submit(self._write_batch, batch)
+                # shielded: if close() cancels us mid-write, the batch stays in _inflight for it
+                error = await asyncio.shield(batch.future)
+                if self._inflight is not batch:  # close() reclaimed it meanwhile
+                    return error is None
+                self._inflight = None
+                if error is not None:
+                    self._give_back(batch)
+                    self._note_failure(error)
+                    return False
+                self._note_success()
+        return True
+
+    async def close(self) -> None:
+        """Stop the flusher, write what is left if the database lets us, spill the rest."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if await self._reclaim_inflight(self._close_timeout):
+            # one last try (the database may be back); a write that hangs is given up on
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.flush(), self._close_timeout)
+            await self._reclaim_inflight(0)
+        if self._rows or self._entries:
+            await self._spill_pending("the database was unreachable at shutdown")
+        LEDGER_PENDING_ROWS.set(0)
+
+    async def _reclaim_inflight(self, timeout: float) -> bool:
+        """Wait for a write that a cancelled flush left running; take its rows back unless it
+        committed. Rows of a write that still hangs may commit later too: replay ignores those.
+        False if the write still hangs (the writer thread is stuck with it)."""
+        batch = self._inflight
+        if batch is None or batch.future is None:
+            return True
+        self._inflight = None
+        hangs = False
+        try:
+            error = await asyncio.wait_for(asyncio.shield(batch.future), timeout)
+        except TimeoutError:
+            hangs = True
+            error = TimeoutError(f"a ledger write still hangs after {timeout:g}s")
+        if error is not None:
+            self._give_back(batch)
+            log.warning("ledger write at shutdown failed (%s): %d rows to spill", _short(error), len(batch))
+        return not hangs
+
+    def _give_back(self, batch: _Batch) -> None:
+        rows, entries = batch.parts
+        self._rows[:0] = rows
+        self._entries[:0] = entries
+
+    # --- retry state ----------------------------------------------------------------------------------
+
+    def _note_failure(self, error: BaseException | None) -> None:
+        self._failures += 1
+        LEDGER_WRITE_FAILURES.inc()
+        delay = min(self._backoff_max, self._backoff_base * 2 ** min(self._failures - 1, 30))
+        self._retry_at = self._clock() + delay
+        # while failing, wake only when the bound is passed (to spill), not at every batch
+        self._wake_at = max(self._max_pending - len(self._rows) + 1, 1)
+        if self._failures == 1 and error is not None:
+            log.error(
+                "ledger writes failing (%s): %d rows kept, retrying with backoff (max %gs); "
+                "past %d rows they go to %s",
+                _short(error),
+                self.pending,
+                self._backoff_max,
+                self._max_pending,
+                self.spill_path,
+            )
+        else:
+            log.debug("ledger write failed again (attempt %d); next in %.1fs", self._failures, delay)
+
+    def _note_success(self) -> None:
+        if self._failures:
+            log.warning("ledger database reachable again after %d failed writes", self._failures)
+            self._replay_due = True  # rows spilled meanwhile (by any process) go in now
+        self._failures = 0
+        self._retry_at = 0.0
+        self._wake_at = self._max_batch
+
+    # --- in the writer's thread -----------------------------------------------------------------------
+
+    def _write_batch(self, batch: _Batch) -> BaseException | None:
+        rows = self._render(batch)
+        try:
+            self._insert(rows)
+        except Exception as exc:
+            return exc
+        return None
+
+    def _render(self, batch: _Batch) -> list[Row]:
+        rows, entries = batch.parts
+        if entries:
+            rows = rows + self._rows_of(entries)
+            batch.parts = (rows, [])
+        return rows
+
+    @staticmethod
+    def _rows_of(entries: list[Any]) -> list[Row]:
+        rows = []
+        for entry in entries:
+            try:
+                rows.append(entry.row())
+            except Exception:
+                log.exception("a ledger entry could not be rendered and is dropped: %r", type(entry))
+        return rows
+
+    def _insert(self, rows: list[Row]) -> None:
+        """Insert rows; rows refused for their content are set aside, the others written."""
+        if not rows:
+            return
+        try:
+            self._write_rows(rows)
+        except Exception as exc:
+            if not _row_fault(exc):
+                raise
+            refused = [(rows[0], exc)] if len(rows) == 1 else []
+            for row in rows if len(rows) > 1 else []:  # find the bad ones; the database going down raises
+                try:
+                    self._write_rows([row])
+                except Exception as one:
+                    if not _row_fault(one):
+                        raise
+                    refused.append((row, one))
+            if refused:
+                self._reject([_dumps(r) for r, _ in refused])
+                log.error(
+                    "the database refused %d ledger rows (%s); kept in %s",
+                    len(refused),
+                    _short(refused[0][1]),
+                    self.rejected_path,
+                )
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """Spill appends and replays of every process on this data dir, one at a time."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _append(self, path: Path, lines: list[bytes]) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)  # RDWR: to read the tail
+        try:
+            size = os.fstat(fd).st_size
+            data = b"".join(line + b"\n" for line in lines)
+            # a line torn by a crash mid-append must not swallow the first row written after it
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _reject(self, lines: list[bytes]) -> None:
+        self._append(self.rejected_path, lines)
+
+    def _spill(self, rows: list[Row], entries: list[Any]) -> int:
+        rows = rows + self._rows_of(entries)
+        if rows:
+            with self._file_lock():
+                self._append(self.spill_path, [_dumps(r) for r in rows])
+        return len(rows)
+
+    def _replay_files(self) -> int:
+        """Insert the spilled rows; crash-safe: a replay that dies midway is redone (idempotent)."""
+        replayed = 0
+        with self._file_lock():
+            if self.replaying_path.exists():  # a replay that crashed or failed midway
+                replayed += self._replay_file(self.replaying_path)
+            if self.spill_path.exists():
+                os.replace(self.spill_path, self.replaying_path)
+                replayed += self._replay_file(self.replaying_path)
+        return replayed
+
+    def _replay_file(self, path: Path) -> int:
+        rows: list[Row] = []
+        bad: list[bytes] = []
+        for number, line in enumerate(path.read_bytes().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                row = None
+            if isinstance(row, dict) and isinstance(row.get("request_id"), str):
+                rows.append(row)
+            else:
+                log.warning("%s line %d is corrupt (torn or not a row); set aside", path.name, number)
+                bad.append(line)
+        for start in range(0, len(rows), self._max_batch):
+            self._insert(rows[start : start + self._max_batch])
+        if bad:
+            self._reject(bad)
+            log.warning("%d corrupt spill lines kept in %s", len(bad), self.rejected_path)
+        path.unlink()
+        log.info("replayed %d spilled ledger rows from %s", len(rows), path.name)
+        return len(rows)
+
+    # --- on the loop, waiting for the threads ----------------------------------------------------
+
+    async def _spill_pending(self, why: str) -> None:
+        rows, entries = self._rows, self._entries
+        self._rows, self._entries = [], []
+        self._wake_at = self._max_pending + 1 if self._failures else self._max_batch
+        try:
+            count = await asyncio.to_thread(self._spill, rows, entries)
+        except Exception as exc:
+            lost = len(rows) + len(entries)
+            log.critical(
+                "ledger rows could not be spilled to %s (%s): %d rows lost", self.spill_path, exc, lost
+            )
+            return
+        LEDGER_SPILLED_ROWS.inc(count)
+        self._replay_due = True
+        log.error("%s: %d ledger rows spilled to %s", why, count, self.spill_path)
+
+    async def _replay(self, when: str) -> None:
+        """Replay the spill file; a failure is retried with the writes' backoff, never fatal."""
+        self._replay_due = False
+        if not (self.spill_path.exists() or self.replaying_path.exists()):
+            return
+        try:
+            await self._thread.submit(self._replay_files)
+        except Exception as exc:
+            self._replay_due = True
+            log.warning("ledger spill replay at %s failed; will retry", when)
+            self._note_failure(exc)
+        else:
+            self._note_success()

@@ -22,6 +22,8 @@ def upstream_catalog(base_url: str) -> str:
         ("standin-cached", "cached", 1.0, 2.0, ""),
         ("standin-anthropic-cache", "anthropic-cache", 1.0, 2.0, ""),
         ("standin-anthropic-cache-write", "anthropic-cache-write", 1.0, 2.0, ""),
+        ("standin-bad-details", "bad-details", 1.0, 2.0, ""),
+        ("standin-bad-usage", "bad-usage", 1.0, 2.0, ""),
         ("standin-cache-aware", "standin", 1.0, 2.0, "supports_cache_control = true\n"),
         ("standin-badjson", "badjson", 1.0, 2.0, ""),
         ("standin-midstream-error", "midstream-error", 1.0, 2.0, ""),

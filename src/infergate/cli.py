@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from infergate.catalog import CatalogError
-from infergate.config import Settings
+from infergate.config import SettingError, Settings
 from infergate.errors import InfergateError
 
 
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     except InfergateError as exc:
         print(f"infergate: {exc.message}", file=sys.stderr)
         return 1
-    except CatalogError as exc:
+    except (CatalogError, SettingError) as exc:
         print(f"infergate: {exc}", file=sys.stderr)
         return 2
 

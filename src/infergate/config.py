@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,14 +10,58 @@ from pathlib import Path
 from infergate.catalog import Catalog
 
 
-def _int_env(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value in (None, ""):
+class SettingError(Exception):
+    """An INFERGATE_* variable whose value cannot work; `infergate` prints it and exits 2."""
+
+
+def int_env(name: str, default: int, *, minimum: int | None = None) -> int:
+    """An integer setting; a value that is not one (or below `minimum`) names the variable."""
+    value = os.environ.get(name, "").strip()
+    if not value:
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise SystemExit(f"{name} must be an integer, got {value!r}") from None
+        raise SettingError(f"{name} must be an integer, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise SettingError(f"{name} must be at least {minimum}, got {value!r}")
+    return number
+
+
+def float_env(name: str, default: float, *, minimum: float | None = None) -> float:
+    """A number setting (seconds, ...): finite, at least `minimum`."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise SettingError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise SettingError(f"{name} must be at least {minimum}, got {value!r}")
+    return number
+
+
+def bool_env(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    raise SettingError(f"{name} must be one of 1, 0, true, false, yes, no, on, off; got {value!r}")
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def shutdown_grace_seconds() -> int:
+    """INFERGATE_SHUTDOWN_GRACE: seconds in-flight requests get on SIGTERM (uvicorn reads 0 as forever)."""
+    return int_env("INFERGATE_SHUTDOWN_GRACE", 30, minimum=1)
 
 
 @dataclass(frozen=True)
@@ -30,6 +75,7 @@ class Settings:
     max_body_bytes: int
     access_log: bool
     ledger_flush_ms: int
+    shutdown_grace: int = 30
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -47,9 +93,10 @@ class Settings:
             config_path=os.environ.get("INFERGATE_CONFIG") or None,
             admin_token=os.environ.get("INFERGATE_ADMIN_TOKEN") or None,
             cors_origins=origins,
-            max_body_bytes=_int_env("INFERGATE_MAX_BODY_BYTES", 8 * 1024 * 1024),
-            access_log=os.environ.get("INFERGATE_ACCESS_LOG", "1") not in ("0", "false", "no"),
-            ledger_flush_ms=_int_env("INFERGATE_LEDGER_FLUSH_MS", 200),
+            max_body_bytes=int_env("INFERGATE_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1),
+            access_log=bool_env("INFERGATE_ACCESS_LOG", True),
+            ledger_flush_ms=int_env("INFERGATE_LEDGER_FLUSH_MS", 200, minimum=1),
+            shutdown_grace=shutdown_grace_seconds(),
         )
 
     def load_catalog(self) -> Catalog:

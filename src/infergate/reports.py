@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -23,23 +24,51 @@ COUNTS = (
 )
 
 
+# The times a report can name: the epoch up to the end of year 9999 (what datetime can show).
+MIN_MS = 0
+MAX_MS = 253_402_300_799_999
+
+
 def parse_time(value: str | None, default_ms: int, name: str) -> int:
-    """ISO 8601 date or datetime (UTC when no zone), or epoch seconds."""
+    """ISO 8601 date or datetime (UTC when no zone), or epoch seconds, from 1970 to year 9999."""
     if value is None or value == "":
         return default_ms
     try:
-        return int(float(value) * 1000)
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        seconds = None
+    if seconds is not None:
+        if not math.isfinite(seconds):  # float() reads "inf" and "nan" too
+            raise _bad_time(name, value)
+        ms = seconds * 1000
+    else:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise _bad_time(name, value) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        try:
+            ms = parsed.timestamp() * 1000
+        except (OverflowError, ValueError):  # year 1 with a positive offset is before year 1 in UTC
+            raise _bad_time(name, value) from None
+    if not MIN_MS <= ms <= MAX_MS:
         raise InvalidRequest(
-            f"{name}: expected an ISO 8601 time or epoch seconds, got {value!r}", param=name
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+            f"{name}: {_shown(value)} is out of range (1970-01-01 to 9999-12-31, or epoch seconds "
+            f"0 to {MAX_MS // 1000})",
+            param=name,
+        )
+    return int(ms)
+
+
+def _bad_time(name: str, value: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"{name}: expected an ISO 8601 time or epoch seconds, got {_shown(value)}", param=name
+    )
+
+
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= 64 else value[:64] + "...")
 
 
 def iso_ms(ms: int) -> str:

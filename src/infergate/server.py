@@ -10,11 +10,10 @@ ledger. See bench/asgi_servers.sh for the measurement behind the default.
 
 from __future__ import annotations
 
-import os
+from infergate.config import shutdown_grace_seconds
 
 APP_FACTORY = "infergate.app:create_app"
 SERVERS = ("uvicorn", "granian")
-GRACE_SECONDS = int(os.environ.get("INFERGATE_SHUTDOWN_GRACE", "30"))
 
 
 def run(host: str, port: int, server: str, workers: int, tls_cert: str | None, tls_key: str | None) -> None:
@@ -42,7 +41,7 @@ def _granian(host: str, port: int, workers: int, tls_cert: str | None, tls_key: 
         backlog=2048,
         ssl_cert=Path(tls_cert) if tls_cert else None,
         ssl_key=Path(tls_key) if tls_key else None,
-        workers_kill_timeout=GRACE_SECONDS,
+        workers_kill_timeout=shutdown_grace_seconds(),
     ).serve()
 
 
@@ -70,7 +69,7 @@ def _uvicorn(host: str, port: int, workers: int, tls_cert: str | None, tls_key: 
         http="httptools",
         lifespan="on",
         access_log=False,
-        timeout_graceful_shutdown=GRACE_SECONDS,
+        timeout_graceful_shutdown=shutdown_grace_seconds(),
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
         backlog=2048,

@@ -51,7 +51,10 @@ class Usage:
         return int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
 
     def to_chat(self) -> dict[str, Any]:
-        """The chat.completion `usage` object (the seed's shape when cache_control was used)."""
+        """The chat.completion `usage` object, by one rule on every backend: the seed's shape
+        (`prompt_tokens` = the uncached rest, cache write/read fields) when the request used
+        cache_control, else OpenAI's (`prompt_tokens` = every prompt token, reuse in
+        `prompt_tokens_details.cached_tokens`)."""
         out: dict[str, Any] = dict(self.extra)
         if self.cache_control:
             written = self.cache_write_5m_tokens + self.cache_write_1h_tokens
@@ -83,45 +86,71 @@ class Usage:
         return out
 
     @classmethod
-    def from_openai(cls, raw: dict[str, Any] | None) -> Usage | None:
-        """Read an upstream's usage object: OpenAI fields and Anthropic-style cache fields."""
+    def from_openai(cls, raw: Any) -> Usage | None:
+        """Read an upstream's usage object: OpenAI fields and Anthropic-style cache fields.
+
+        None when the core counts are missing or not sane token counts (the caller then estimates);
+        a details field that is not an object is ignored, the core counts kept. How the usage is
+        rendered never follows the upstream's style: `cache_control` stays False here and the engine
+        sets it from the request (the seed's fields only when the request used cache_control).
+        """
         if not isinstance(raw, dict):
             return None
         prompt = _int(raw.get("prompt_tokens", raw.get("input_tokens")))
         completion = _int(raw.get("completion_tokens", raw.get("output_tokens")))
         if prompt is None or completion is None:
             return None
-        details = raw.get("prompt_tokens_details") or raw.get("input_tokens_details") or {}
-        read = _int(raw.get("cache_read_input_tokens")) or _int(details.get("cached_tokens")) or 0
-        creation = raw.get("cache_creation") or {}
+        details = _obj(raw.get("prompt_tokens_details")) or _obj(raw.get("input_tokens_details"))
+        creation = _obj(raw.get("cache_creation"))
         w5 = _int(creation.get("ephemeral_5m_input_tokens")) or 0
         w1 = _int(creation.get("ephemeral_1h_input_tokens")) or 0
         created = _int(raw.get("cache_created_input_tokens", raw.get("cache_creation_input_tokens"))) or 0
         if created and not (w5 or w1):
             w5 = created
-        anthropic_style = (
-            "cache_read_input_tokens" in raw
-            or "cache_creation_input_tokens" in raw
-            or "cache_created_input_tokens" in raw
-        )
+        anthropic_style = any(name in raw for name in ANTHROPIC_CACHE_FIELDS)
         if anthropic_style:  # there prompt_tokens excludes cached tokens; ours counts them all
+            read = _int(raw.get("cache_read_input_tokens")) or 0
             prompt += read + w5 + w1
-        extra = {k: v for k, v in raw.items() if k == "completion_tokens_details" and isinstance(v, dict)}
-        reasoning = _int((raw.get("completion_tokens_details") or {}).get("reasoning_tokens")) or 0
+        else:  # OpenAI's cached_tokens are part of prompt_tokens, never more than it
+            read = min(_int(details.get("cached_tokens")) or 0, prompt)
+            w5 = w1 = 0
+        if prompt > MAX_TOKENS:
+            return None
+        completion_details = _obj(raw.get("completion_tokens_details"))
+        extra = {"completion_tokens_details": completion_details} if completion_details else {}
         return cls(
             input_tokens=prompt,
             output_tokens=completion,
             cache_read_tokens=read,
             cache_write_5m_tokens=w5,
             cache_write_1h_tokens=w1,
-            reasoning_tokens=reasoning,
-            cache_control=anthropic_style and bool(w5 or w1 or read),
+            reasoning_tokens=_int(completion_details.get("reasoning_tokens")) or 0,
             extra=extra,
         )
 
 
+# Their presence means prompt_tokens counts only the uncached rest (Anthropic's and the seed's style).
+ANTHROPIC_CACHE_FIELDS = (
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "cache_created_input_tokens",
+    "cache_creation",
+)
+# Beyond any context window; larger numbers from an upstream are garbage (and would not fit the
+# ledger's integer columns), so such a usage is estimated instead.
+MAX_TOKENS = 1 << 30
+
+
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    """A token count: a non-negative int (not a bool, not a float) within MAX_TOKENS."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
+        return value
+    return None
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    """An upstream's details object; anything else (a number, a list, null) counts as absent."""
+    return value if isinstance(value, dict) else {}
 
 
 @dataclass(frozen=True)

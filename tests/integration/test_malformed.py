@@ -8,6 +8,7 @@ the answer carries an x-request-id. The body-size cases run against a server of 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -447,3 +448,157 @@ def test_wrong_method_on_v2_is_405_in_both_shapes(server: ServerProcess) -> None
     # Starlette names only the first route that matched the path (POST here), not GET as well.
     allowed = {m.strip() for m in r.headers["allow"].split(",")}
     assert allowed and allowed <= {"GET", "POST"}, r.headers["allow"]
+
+
+# --- inputs that once gave a 500 (issue 9, point 4) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["²", "٣", "¹²", "-1", "+1", "1.5", "1e3", "abc", "", " 1", "1\n", "0x1f", "12345678901", "1" * 5000],
+    ids=repr,
+)
+def test_logit_bias_key_that_is_not_an_ascii_token_id_is_400(
+    server: ServerProcess, key: str, token: str
+) -> None:
+    """`"²".isdigit()` is True but `int("²")` raises: the keys are checked as ASCII digits up front."""
+    error = assert_error(
+        post_chat(server, key, chat(logit_bias={"42": 1, token: 5})), 400, param="logit_bias"
+    )
+    assert error["message"].startswith("logit_bias: ") and "token id" in error["message"], error
+
+
+@pytest.mark.parametrize("value", [100.5, -101, 1e300])
+def test_logit_bias_value_out_of_range_is_400(server: ServerProcess, key: str, value: float) -> None:
+    assert_error(post_chat(server, key, chat(logit_bias={"42": value})), 400, param="logit_bias.42")
+
+
+def test_logit_bias_within_bounds_is_served(server: ServerProcess, key: str) -> None:
+    r = post_chat(server, key, chat(logit_bias={"0": -100, "9999999999": 100, "42": 0.5}))
+    assert r.status_code == 200, r.text
+
+
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        pytest.param({"tool_choice": "auto"}, "only allowed with tools", id="auto-without-tools"),
+        pytest.param({"tool_choice": "required"}, "only allowed with tools", id="required-without-tools"),
+        pytest.param({"tool_choice": "none"}, "only allowed with tools", id="none-without-tools"),
+        pytest.param(
+            {"tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+            "only allowed with tools",
+            id="named-without-tools",
+        ),
+        pytest.param(
+            {"tool_choice": "auto", "tools": []}, "only allowed with tools", id="auto-with-empty-tools"
+        ),
+        pytest.param(
+            {"tool_choice": {"type": "function", "function": {"name": "other"}}, "tools": WEATHER},
+            "not in tools",
+            id="named-function-not-in-tools",
+        ),
+    ],
+)
+def test_tool_choice_without_matching_tools_is_400(
+    server: ServerProcess, key: str, fields: dict[str, Any], why: str
+) -> None:
+    """As OpenAI and vLLM answer: tool_choice (even "none") is only allowed with tools."""
+    error = assert_error(post_chat(server, key, chat(**fields)), 400, param="tool_choice")
+    assert why in error["message"], error
+
+
+@pytest.mark.parametrize(
+    "choice", ["none", "auto", {"type": "function", "function": {"name": "get_weather"}}]
+)
+def test_tool_choice_with_tools_is_served(server: ServerProcess, key: str, choice: Any) -> None:
+    r = post_chat(server, key, chat(tools=WEATHER, tool_choice=choice))
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("end", "inf"),
+        ("end", "-inf"),
+        ("start", "nan"),
+        ("end", "Infinity"),
+        ("start", "1e30"),
+        ("start", "-1e30"),
+        ("end", "99999999999999"),
+        ("end", "1e400"),
+        ("start", "-1"),
+        ("start", "0001-01-01T00:00:00+01:00"),  # before year 1 in UTC
+        ("end", "9999-12-31T23:59:59-01:00"),  # after year 9999 in UTC
+        ("start", "yesterday"),
+        ("start", "x" * 5000),
+    ],
+    ids=lambda v: v if len(v) < 40 else v[:10] + "...",
+)
+def test_usage_report_time_out_of_range_is_400_naming_it(
+    server: ServerProcess, param: str, value: str
+) -> None:
+    r = httpx.get(f"{server.url}/v2/gen-ai/usage", params={param: value}, headers=server.admin())
+    error = assert_error(r, 400, param=param, v2=True)
+    assert error["message"].startswith(f"{param}: ") and len(error["message"]) < 300, error
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [("0", "253402300799"), ("1970-01-01", "9999-12-31T23:59:59Z"), ("1764028800.5", "")],
+)
+def test_usage_report_accepts_the_whole_range(server: ServerProcess, start: str, end: str) -> None:
+    r = httpx.get(
+        f"{server.url}/v2/gen-ai/usage", params={"start": start, "end": end}, headers=server.admin()
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_usage_cli_with_an_impossible_time_exits_with_a_message(server: ServerProcess) -> None:
+    result = server.cli("usage", "--end", "inf", check=False)
+    assert result.returncode == 1 and "end:" in result.stderr and "Traceback" not in result.stderr, result
+
+
+# --- settings: a bad INFERGATE_* value stops `infergate` with exit 2, naming it -------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("INFERGATE_MAX_BODY_BYTES", "abc"),
+        ("INFERGATE_MAX_BODY_BYTES", "0"),
+        ("INFERGATE_MAX_BODY_BYTES", "1.5"),
+        ("INFERGATE_LEDGER_FLUSH_MS", "fast"),
+        ("INFERGATE_LEDGER_FLUSH_MS", "-200"),
+        ("INFERGATE_SHUTDOWN_GRACE", "soon"),
+        ("INFERGATE_SHUTDOWN_GRACE", "0"),
+        ("INFERGATE_ACCESS_LOG", "maybe"),
+    ],
+)
+def test_bad_setting_stops_serve_with_exit_2_naming_it(tmp_path: Path, name: str, value: str) -> None:
+    proc = ServerProcess(tmp_path / "data", "builtins = false\n", env={name: value})
+    result = proc.cli("serve", "--port", str(proc.port), check=False)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert name in result.stderr and repr(value) in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    # the same check guards every command, not only serve
+    result = proc.cli("keys", "list", check=False)
+    assert result.returncode == 2 and name in result.stderr and "Traceback" not in result.stderr
+
+
+def test_good_settings_are_read(tmp_path: Path) -> None:
+    env = {
+        "INFERGATE_MAX_BODY_BYTES": " 4096 ",
+        "INFERGATE_SHUTDOWN_GRACE": "5",
+        "INFERGATE_ACCESS_LOG": "OFF",
+    }
+    proc = ServerProcess(tmp_path / "data", "builtins = false\n", env=env).start()
+    try:
+        secret = proc.create_key("settings")["secret_key"]
+        r = post_chat(proc, secret, content=b" " * 5000)
+        assert_error(r, 413, code="request_too_large")
+        assert '"status":413' not in proc.log()  # the access log is off
+    finally:
+        assert proc.stop() == 0

@@ -8,6 +8,8 @@ The upstream model name picks the behaviour, so one server covers every case:
   "cached"           reports OpenAI cached tokens (prompt_tokens_details.cached_tokens)
   "anthropic-cache"  reports Anthropic-style cache_creation/cache_read fields
   "anthropic-cache-write"  the same with a 5m/1h cache_creation breakdown
+  "bad-details"      usage details that are not objects (prompt_tokens_details: 5, a list)
+  "bad-usage"        usage counts that are not counts (the gateway must estimate)
   "fail-<status>"    answers that HTTP status with an OpenAI error body
   "badjson"          answers 200 with a body that is not JSON
   "midstream-error"  starts a stream, then sends an error event
@@ -123,6 +125,10 @@ class StandInUpstream:
             usage["prompt_tokens_details"] = {"cached_tokens": 8}
         if model == "anthropic-cache":
             usage.update({"cache_creation_input_tokens": 0, "cache_read_input_tokens": 30})
+        if model == "bad-details":
+            usage.update({"prompt_tokens_details": 5, "completion_tokens_details": [1, 2]})
+        if model == "bad-usage":
+            usage.update({"prompt_tokens": "many", "completion_tokens": -1})
         if model == "anthropic-cache-write":  # prompt_tokens here excludes the cached tokens
             usage.update(
                 {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -15,6 +16,9 @@ from infergate.catalog import ModelSpec
 from infergate.errors import AuthenticationFailed
 from infergate.schemas.common import error_responses
 from infergate.schemas.models import DOModelList, OpenAIModelList
+
+if TYPE_CHECKING:
+    from infergate.platform import Platform
 
 router = APIRouter()
 v2_router = APIRouter()
@@ -42,6 +46,14 @@ def do_model(spec: ModelSpec) -> dict:
     }
 
 
+def servable(platform: Platform) -> list[ModelSpec]:
+    """Catalog entries that can answer: an engine was built and started (an idle-unloaded local
+    model still can, it loads again on demand). A model with no engine or one that failed to start
+    is left out, so clients never pick a model that only answers errors."""
+    engines = platform.engines
+    return [spec for spec in platform.catalog if spec.id in engines]
+
+
 @router.get(
     "/models",
     response_model=OpenAIModelList,
@@ -50,7 +62,9 @@ def do_model(spec: ModelSpec) -> dict:
 )
 async def list_models(request: Request) -> Response:
     await authenticate(request)
-    return json_response({"object": "list", "data": [openai_model(s) for s in platform_of(request).catalog]})
+    return json_response(
+        {"object": "list", "data": [openai_model(s) for s in servable(platform_of(request))]}
+    )
 
 
 @v2_router.get(
@@ -65,7 +79,7 @@ async def list_models_v2(request: Request) -> Response:
         check_admin(request.headers.get("authorization"), platform.settings.admin_token)
     except AuthenticationFailed:
         await authenticate(request)  # the gradient SDK sends the model access key here
-    specs = list(platform.catalog)
+    specs = servable(platform)
     base = str(request.url.remove_query_params(["page", "per_page"]))
     return json_response(
         {

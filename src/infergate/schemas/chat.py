@@ -6,11 +6,14 @@ top-level fields are kept and forwarded to upstreams that may understand them.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
+MAX_TOKEN_ID_DIGITS = 10
+TOKEN_ID_PATTERN = f"^[0-9]{{1,{MAX_TOKEN_ID_DIGITS}}}$"
 
 
 class Strict(BaseModel):
@@ -174,7 +177,9 @@ class ChatCompletionRequest(Strict):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        default=None, json_schema_extra={"propertyNames": {"pattern": TOKEN_ID_PATTERN}}
+    )
     user: str | None = Field(default=None, max_length=256)
 
     @field_validator("stop")
@@ -182,6 +187,29 @@ class ChatCompletionRequest(Strict):
     def _at_most_four_stops(cls, value: Any) -> Any:
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("stop takes at most 4 sequences")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias_keys_are_token_ids(cls, value: Any) -> Any:
+        # ASCII digits only: str.isdigit() also accepts "²" or "٣", which int() then rejects
+        for key in value or ():
+            if not re.fullmatch(TOKEN_ID_PATTERN, key):
+                raise ValueError(f"keys must be token ids (0 to {'9' * MAX_TOKEN_ID_DIGITS}), got {key!r}")
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_needs_tools(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return value
+        tools = info.data.get("tools")
+        if not tools:  # as OpenAI and vLLM answer, "none" included
+            raise ValueError("tool_choice is only allowed with tools")
+        if isinstance(value, NamedToolChoice):
+            name = value.function.get("name")
+            if name not in {t.function.name for t in tools}:
+                raise ValueError(f"tool_choice names function {name!r}, which is not in tools")
         return value
 
     @field_validator("top_logprobs")

@@ -4,63 +4,64 @@ The hot path hashes the secret and looks it up in a dict: no database round trip
 stays immediate because every change to keys (from this process, another worker, or the CLI)
 bumps an epoch file in the data dir; each lookup compares the file's stat with the last one
 seen (one `stat` syscall, ~1 us) and drops the cache when it changed. With INFERGATE_REDIS_URL
-the bump is also published to replicas on other hosts.
+the change is also published to replicas on other hosts (revocation.py). Should a message still
+be lost, every entry is revalidated against the database once it is older than the TTL
+(INFERGATE_KEY_CACHE_TTL, 5 s), so no deleted key keeps working longer than that.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import secrets
+import time
 from collections import OrderedDict
-from pathlib import Path
+from collections.abc import Callable
 
 from infergate.errors import AuthenticationFailed
+from infergate.revocation import REDIS_CHANNEL, RedisFanout, RevocationEpoch
 from infergate.storage.keys import KeyRecord, KeyRepository, hash_secret
 
+__all__ = ["REDIS_CHANNEL", "KeyCache", "RevocationEpoch", "check_admin", "parse_bearer"]
+
 log = logging.getLogger("infergate.auth")
-REDIS_CHANNEL = "infergate:keys"
 NEGATIVE_CACHE_SIZE = 10_000
+DEFAULT_TTL = 5.0
 
 
-class RevocationEpoch:
-    """A file whose (mtime, inode, size) changes whenever any key changes."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / "keys.epoch"
-        if not self.path.exists():
-            self.bump()
-
-    def bump(self) -> None:
-        tmp = self.path.with_name(f".keys.epoch.{os.getpid()}.{secrets.token_hex(4)}")
-        tmp.write_text(secrets.token_hex(8))
-        os.replace(tmp, self.path)  # a new inode: changes are seen even within one mtime tick
-
-    def stamp(self) -> tuple[int, int]:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return (0, 0)
-        return (st.st_mtime_ns, st.st_ino)
+def _rejected() -> AuthenticationFailed:
+    return AuthenticationFailed(
+        "Incorrect API key provided. Create a model access key and send it as 'Authorization: Bearer <key>'."
+    )
 
 
 class KeyCache:
-    """Secret-hash -> KeyRecord, with negative entries, invalidated by the revocation epoch."""
+    """Secret-hash -> KeyRecord, with negative entries; dropped when the revocation epoch moves or a
+    Redis message says keys changed, and revalidated entry by entry after `ttl` seconds."""
 
-    def __init__(self, repo: KeyRepository, epoch: RevocationEpoch) -> None:
+    def __init__(
+        self,
+        repo: KeyRepository,
+        epoch: RevocationEpoch,
+        ttl: float = DEFAULT_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.repo = repo
         self.epoch = epoch
+        self.ttl = ttl
+        self._clock = clock  # injectable for tests
         self._stamp = epoch.stamp()
-        self._known: dict[str, KeyRecord] = {}
-        self._unknown: OrderedDict[str, None] = OrderedDict()
-        self._redis_task: asyncio.Task | None = None
-        self._redis = None
+        self._known: dict[str, tuple[KeyRecord, float]] = {}  # digest -> (record, expires at)
+        self._unknown: OrderedDict[str, float] = OrderedDict()  # digest -> expires at
+        self._loading: dict[str, asyncio.Task[KeyRecord | None]] = {}  # one lookup per digest at a time
+        self._generation = 0  # moves on every clear: a lookup that started before must not be cached
+        self.fanout: RedisFanout | None = None
 
     def clear(self) -> None:
+        self._generation += 1
         self._known.clear()
         self._unknown.clear()
+        self._loading.clear()  # later requests must not join a lookup that predates the change
 
     def _check_epoch(self) -> None:
         stamp = self.epoch.stamp()
@@ -72,66 +73,83 @@ class KeyCache:
         secret = parse_bearer(authorization)
         digest = hash_secret(secret)
         self._check_epoch()
-        record = self._known.get(digest)
-        if record is not None:
-            return record
-        if digest not in self._unknown:
-            stamp = self._stamp
+        now = self._clock()
+        entry = self._known.get(digest)
+        if entry is not None:
+            if now < entry[1]:
+                return entry[0]
+        else:
+            expires = self._unknown.get(digest)
+            if expires is not None and now < expires:
+                raise _rejected()
+        record = await self._load(digest)
+        if record is None:
+            raise _rejected()
+        return record
+
+    async def _load(self, digest: str) -> KeyRecord | None:
+        task = self._loading.get(digest)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._fetch(digest))
+            self._loading[digest] = task
+            task.add_done_callback(lambda t: self._loaded(digest, t))
+        # shielded: a client that goes away does not cancel the lookup that others wait for
+        return await asyncio.shield(task)
+
+    def _loaded(self, digest: str, task: asyncio.Task[KeyRecord | None]) -> None:
+        if self._loading.get(digest) is task:
+            del self._loading[digest]
+        if not task.cancelled():
+            task.exception()  # retrieved here, in case every waiter went away
+
+    async def _fetch(self, digest: str) -> KeyRecord | None:
+        generation = self._generation
+        try:
             record = await asyncio.to_thread(self.repo.find_by_hash, digest)
-            if stamp == self._stamp:  # don't cache an answer that a concurrent revocation made stale
-                if record is not None:
-                    self._known[digest] = record
-                else:
-                    self._unknown[digest] = None
-                    if len(self._unknown) > NEGATIVE_CACHE_SIZE:
-                        self._unknown.popitem(last=False)
+        except Exception as exc:
+            entry = self._known.get(digest)
+            if entry is None or generation != self._generation:
+                raise
+            # The database cannot answer: keep serving a key it confirmed before (inference goes on
+            # through a database outage, and keys cannot be changed without it), and ask again later.
+            log.warning(
+                "key %s not revalidated (database: %s); still accepted, retried in %.1f s",
+                entry[0].uuid,
+                type(exc).__name__,
+                self.ttl,
+            )
+            self._known[digest] = (entry[0], self._clock() + self.ttl)
+            return entry[0]
+        if generation == self._generation:  # no revocation happened meanwhile: the answer is current
+            expires = self._clock() + self.ttl
             if record is not None:
-                return record
-        raise AuthenticationFailed(
-            "Incorrect API key provided. Create a model access key and send it as "
-            "'Authorization: Bearer <key>'."
-        )
+                self._known[digest] = (record, expires)
+                self._unknown.pop(digest, None)
+            else:
+                self._known.pop(digest, None)
+                self._unknown[digest] = expires
+                self._unknown.move_to_end(digest)
+                if len(self._unknown) > NEGATIVE_CACHE_SIZE:
+                    self._unknown.popitem(last=False)
+        return record
 
     async def changed(self) -> None:
         """Called after this process changed a key: drop the cache here, tell everyone else."""
         self.epoch.bump()
         self._stamp = self.epoch.stamp()
         self.clear()
-        if self._redis is not None:
-            with contextlib.suppress(Exception):
-                await self._redis.publish(REDIS_CHANNEL, "changed")
+        if self.fanout is not None:
+            await self.fanout.announce()  # one quick attempt; retries go on in the background
 
     async def start_fanout(self, redis_url: str | None) -> None:
         if not redis_url:
             return
-        import redis.asyncio as aioredis
-
-        self._redis = aioredis.from_url(redis_url)
-        self._redis_task = asyncio.create_task(self._listen())
-
-    async def _listen(self) -> None:
-        while True:
-            try:
-                pubsub = self._redis.pubsub()  # type: ignore[union-attr]
-                await pubsub.subscribe(REDIS_CHANNEL)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        self.clear()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep listening through Redis restarts
-                log.warning("redis revocation fan-out lost: %s; retrying", exc)
-                self.clear()
-                await asyncio.sleep(1)
+        self.fanout = RedisFanout(redis_url, self.clear)
+        self.fanout.start()
 
     async def close(self) -> None:
-        if self._redis_task is not None:
-            self._redis_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._redis_task
-        if self._redis is not None:
-            with contextlib.suppress(Exception):
-                await self._redis.aclose()
+        if self.fanout is not None:
+            await self.fanout.close()
 
 
 def parse_bearer(authorization: str | None) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -22,15 +21,13 @@ def _platform_parts(settings: Settings) -> tuple[Any, Any]:
 
 
 def _announce_key_change(settings: Settings, epoch: Any) -> None:
-    """Make running servers forget cached keys now: the epoch file (this host), Redis (others)."""
+    """Make running servers forget cached keys now: the epoch file (this host), Redis (others).
+    A failed publish is retried a few times with backoff; past that, their key cache TTL covers it."""
     epoch.bump()
     if settings.redis_url:
-        import redis
+        from infergate.revocation import publish_with_retry
 
-        from infergate.auth import REDIS_CHANNEL
-
-        with contextlib.suppress(Exception):
-            redis.Redis.from_url(settings.redis_url, socket_timeout=2).publish(REDIS_CHANNEL, "changed")
+        publish_with_retry(settings.redis_url)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
+import pytest
 
 from tests.support.server import ServerProcess
 
@@ -93,3 +95,62 @@ def test_cli_lifecycle_revokes_immediately(server: ServerProcess) -> None:
     assert chat_status(server, new_secret) == 401
     missing = server.cli("keys", "delete", key_uuid, check=False)
     assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+def key_changes(server: ServerProcess, action: str) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    prefix = f'infergate_key_changes_total{{action="{action}"}} '
+    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_answers_with_a_secret_are_not_stored(server: ServerProcess) -> None:
+    api = f"{server.url}/v2/gen-ai/models/api_keys"
+    created = httpx.post(api, json={"name": "no-store"}, headers=server.admin())
+    assert created.status_code == 200 and created.headers["cache-control"] == "no-store"
+    key_uuid = created.json()["api_key_info"]["uuid"]
+    regenerated = httpx.put(f"{api}/{key_uuid}/regenerate", headers=server.admin())
+    assert regenerated.json()["api_key_info"]["secret_key"]
+    assert regenerated.headers["cache-control"] == "no-store"
+    pydo = httpx.post(
+        api,
+        json={"name": "pydo"},
+        headers={**server.admin(), "User-Agent": "azsdk-python-pydo/0.44.0 Python/3.11"},
+    )
+    assert pydo.status_code == 410 and pydo.json()["api_key_info"]["secret_key"]
+    assert pydo.headers["cache-control"] == "no-store"
+
+
+def test_pydo_create_is_logged_and_counted_as_a_create(server: ServerProcess) -> None:
+    api = f"{server.url}/v2/gen-ai/models/api_keys"
+    before = key_changes(server, "created")
+    r = httpx.post(
+        api, json={"name": "via-pydo"}, headers={**server.admin(), "User-Agent": "azsdk-python-pydo/0.44.0"}
+    )
+    assert r.status_code == 410  # what pydo 0.44 accepts (see README, TLS and pydo)
+    info = r.json()["api_key_info"]
+    assert key_changes(server, "created") == before + 1
+    line = f"model access key {info['uuid']} created (request {r.headers['x-request-id']})"
+    deadline = time.monotonic() + 10
+    while line not in server.log():
+        assert time.monotonic() < deadline, server.log()[-2000:]
+        time.sleep(0.02)
+    assert info["secret_key"] not in server.log()
+    assert chat_status(server, info["secret_key"]) == 200  # the key works: it was a create
+
+
+@pytest.mark.parametrize("name", ["nul\x00byte", "tab\tname", "new\nline", "esc\x1b[0m", "c1\x85"])
+def test_control_characters_in_a_key_name_are_400(server: ServerProcess, name: str) -> None:
+    api = f"{server.url}/v2/gen-ai/models/api_keys"
+    r = httpx.post(api, json={"name": name}, headers=server.admin())
+    assert r.status_code == 400, r.text
+    body = r.json()
+    assert body["id"] == "bad_request" and body["error"]["param"] == "name"
+    assert "control characters" in body["message"] and body["request_id"] == r.headers["x-request-id"]
+    key_uuid = server.create_key("to-rename")["uuid"]
+    r = httpx.put(f"{api}/{key_uuid}", json={"name": name}, headers=server.admin())
+    assert r.status_code == 400 and r.json()["error"]["param"] == "name"
+
+
+def test_cli_rejects_control_characters_in_a_key_name(server: ServerProcess) -> None:
+    result = server.cli("keys", "create", "tab\there", check=False)
+    assert result.returncode == 1 and "control characters" in result.stderr

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 
 from fastapi import APIRouter, Query
+from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import Response
 
 from infergate.api.common import json_body, json_response, platform_of, validate
 from infergate.auth import check_admin
 from infergate.errors import InvalidRequest
+from infergate.observability import REGISTRY
 from infergate.platform import Platform
 from infergate.schemas.common import error_responses
 from infergate.schemas.keys import APIKeyInfoResponse, APIKeyListResponse, CreateKeyBody, RenameKeyBody
@@ -19,6 +22,26 @@ from infergate.schemas.keys import APIKeyInfoResponse, APIKeyListResponse, Creat
 router = APIRouter(prefix="/v2/gen-ai/models/api_keys", tags=["model access keys"])
 ERRORS = error_responses(400, 401, 404, 413)
 PYDO_USER_AGENT = "azsdk-python-pydo/"
+NO_STORE = {"Cache-Control": "no-store"}  # answers carrying a secret: no cache or proxy may keep them
+KEY_CHANGES = Counter(
+    "infergate_key_changes_total",
+    "Model access keys created, renamed, regenerated, deleted",
+    ["action"],
+    registry=REGISTRY,
+)
+log = logging.getLogger("infergate.keys")
+
+
+def _changed(request: Request, action: str, key_uuid: str, note: str = "") -> None:
+    """Counted and logged (never the secret) once the change is made, whatever status answers it."""
+    KEY_CHANGES.labels(action).inc()
+    log.info(
+        "model access key %s %s (request %s)%s",
+        key_uuid,
+        action,
+        request.scope["state"].get("request_id"),
+        note,
+    )
 
 
 def _admin(request: Request) -> Platform:
@@ -53,13 +76,16 @@ async def create_key(request: Request) -> Response:
     if PYDO_USER_AGENT in request.headers.get("user-agent", ""):
         # pydo 0.44 believes this DigitalOcean endpoint retired and accepts only a 410 answer; any
         # other status raises after the key was made, losing the secret. Its generated client gets
-        # the created key with status 410, so `client.genai.create_model_api_key(...)` works.
+        # the created key with status 410, so `client.genai.create_model_api_key(...)` works. The
+        # access log shows the 410; the log line and the key counter say what it is: a create.
+        _changed(request, "created", record.uuid, ", answered 410 for pydo compatibility")
         return json_response(
             {"api_key_info": record.info(secret)},
             status=410,
-            headers={"x-infergate-compat": "pydo-create-410"},
+            headers={**NO_STORE, "x-infergate-compat": "pydo-create-410"},
         )
-    return json_response({"api_key_info": record.info(secret)})
+    _changed(request, "created", record.uuid)
+    return json_response({"api_key_info": record.info(secret)}, headers=NO_STORE)
 
 
 @router.get("", response_model=APIKeyListResponse, responses=ERRORS, summary="List model access keys")
@@ -108,6 +134,7 @@ async def rename_key(request: Request, api_key_uuid: str) -> Response:
         raise InvalidRequest("api_key_uuid in the body does not match the path", param="api_key_uuid")
     record = await asyncio.to_thread(platform.keys.rename, _uuid(api_key_uuid), body.name)
     await platform.key_cache.changed()
+    _changed(request, "renamed", record.uuid)
     return json_response({"api_key_info": record.info()})
 
 
@@ -121,7 +148,8 @@ async def regenerate_key(request: Request, api_key_uuid: str) -> Response:
     platform = _admin(request)
     record, secret = await asyncio.to_thread(platform.keys.regenerate, _uuid(api_key_uuid))
     await platform.key_cache.changed()
-    return json_response({"api_key_info": record.info(secret)})
+    _changed(request, "regenerated", record.uuid)
+    return json_response({"api_key_info": record.info(secret)}, headers=NO_STORE)
 
 
 @router.delete(
@@ -134,4 +162,5 @@ async def delete_key(request: Request, api_key_uuid: str) -> Response:
     platform = _admin(request)
     record = await asyncio.to_thread(platform.keys.delete, _uuid(api_key_uuid))
     await platform.key_cache.changed()
+    _changed(request, "deleted", record.uuid)
     return json_response({"api_key_info": record.info()})

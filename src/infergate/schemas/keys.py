@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
+
+
+def _no_control_characters(name: str) -> str:
+    # PostgreSQL cannot store NUL at all; tabs, newlines and escapes in a name mislead logs and lists.
+    if CONTROL_CHARACTERS.search(name):
+        raise ValueError("must not contain control characters (such as NUL, tab or newline)")
+    return name
+
+
+KeyName = Annotated[
+    str,
+    Field(min_length=1, max_length=255, json_schema_extra={"pattern": r"^[^\u0000-\u001f\u007f-\u009f]*$"}),
+    AfterValidator(_no_control_characters),
+]
 
 
 class CreateKeyBody(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
-    name: str = Field(min_length=1, max_length=255)
+    name: KeyName
 
 
 class RenameKeyBody(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
     api_key_uuid: str | None = None
-    name: str = Field(min_length=1, max_length=255)
+    name: KeyName
 
 
 class APIKeyInfo(BaseModel):

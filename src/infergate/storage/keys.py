@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -10,10 +11,21 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, func, insert, select, update
 
-from infergate.errors import NotFound
+from infergate.errors import InvalidRequest, NotFound
 from infergate.storage.db import api_keys
 
 SECRET_PREFIX = "sk-ig-"
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_name(name: str) -> str:
+    """The API's schema checks names too; this covers the CLI (PostgreSQL cannot store NUL)."""
+    if not name or len(name) > 255 or CONTROL_CHARACTERS.search(name):
+        raise InvalidRequest(
+            "name: must be 1 to 255 characters, without control characters (such as NUL, tab or newline)",
+            param="name",
+        )
+    return name
 
 
 def new_secret() -> str:
@@ -85,7 +97,7 @@ class KeyRepository:
         secret, now = new_secret(), utcnow()
         values = {
             "uuid": str(uuid.uuid4()),
-            "name": name,
+            "name": check_name(name),
             "secret_hash": hash_secret(secret),
             "secret_prefix": secret[:10],
             "created_by": created_by,
@@ -120,7 +132,7 @@ class KeyRepository:
         return [_record(r) for r in rows], int(total)
 
     def rename(self, key_uuid: str, name: str) -> KeyRecord:
-        self._update(key_uuid, name=name, updated_at=utcnow())
+        self._update(key_uuid, name=check_name(name), updated_at=utcnow())
         return self.get(key_uuid)
 
     def regenerate(self, key_uuid: str) -> tuple[KeyRecord, str]:

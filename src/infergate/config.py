@@ -76,6 +76,7 @@ class Settings:
     access_log: bool
     ledger_flush_ms: int
     shutdown_grace: int = 30
+    key_cache_ttl: float = 5.0  # seconds a cached key is trusted before the database is asked again
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -97,6 +98,7 @@ class Settings:
             access_log=bool_env("INFERGATE_ACCESS_LOG", True),
             ledger_flush_ms=int_env("INFERGATE_LEDGER_FLUSH_MS", 200, minimum=1),
             shutdown_grace=shutdown_grace_seconds(),
+            key_cache_ttl=float_env("INFERGATE_KEY_CACHE_TTL", 5.0, minimum=0.0),
         )
 
     def load_catalog(self) -> Catalog:

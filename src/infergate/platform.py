@@ -33,7 +33,7 @@ class Platform:
         self.catalog = catalog or settings.load_catalog()
         self.db = open_database(settings.database_url)
         self.keys = KeyRepository(self.db)
-        self.key_cache = KeyCache(self.keys, RevocationEpoch(settings.data_dir))
+        self.key_cache = KeyCache(self.keys, RevocationEpoch(settings.data_dir), settings.key_cache_ttl)
         self.ledger_repo = LedgerRepository(self.db)
         self.ledger = LedgerWriter(
             self.ledger_repo.insert,

@@ -4,7 +4,8 @@
 POST .../chat/completions answers a fixed chat.completion (or a short SSE stream when the body
 asks for "stream": true); GET .../models lists one model; GET .../health answers {"status":"ok"}.
 Request bodies may be sent with content-length or chunked transfer-encoding.
-Usage: mock_upstream.py PORT   (uses uvloop when it is importable; ~40-55k req/s on one core)
+Usage: mock_upstream.py PORT [--no-usage]   (uvloop when importable; ~40-55k req/s on one core)
+--no-usage: answers carry no "usage" (the gateway must count the tokens itself; health_under_load.py).
 """
 
 import asyncio
@@ -67,6 +68,13 @@ def response(body: bytes, ctype: bytes = b"application/json") -> bytes:
 
 R_COMPLETION, R_MODELS = response(COMPLETION), response(MODELS)
 R_STREAM = response(sse(), b"text/event-stream")
+if "--no-usage" in sys.argv[2:]:
+    R_COMPLETION = response(
+        json.dumps({k: v for k, v in json.loads(COMPLETION).items() if k != "usage"}).encode()
+    )
+    R_STREAM = response(
+        b"".join(p + b"\n\n" for p in sse().split(b"\n\n") if p and b'"usage"' not in p), b"text/event-stream"
+    )
 R_HEALTH = response(b'{"status":"ok"}')
 
 

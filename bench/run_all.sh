@@ -45,6 +45,10 @@ section() { # title command...: runs a part, records its failure, keeps going
 
   section "Gateway overhead (bench/gateway_bench.sh)" bash "$HERE/gateway_bench.sh" "$REPO"
   section "ASGI servers (bench/asgi_servers.sh)" bash "$HERE/asgi_servers.sh" "$REPO"
+  # /health p50/p99 while 8 clients send 4 MiB prompts, code at f663611 vs the working tree (issue 9)
+  section "Health under load (bench/health_under_load.py)" \
+    env BENCH_HEALTH_DURATION="${BENCH_HEALTH_DURATION:-$([ "${BENCH_QUICK:-0}" != 0 ] && echo "$BENCH_DURATION" || echo 10)}" \
+    "$REPO/.venv/bin/python" "$HERE/health_under_load.py"
   if [ -f "$HERE/llama_bench.py" ]; then
     # llama-server baseline: built once (~4 min), then reused; stdout of the script is its path
     SERVER_BUILD_FAILED=0

@@ -145,7 +145,8 @@ def test_with_redis_down_the_ttl_ends_a_deleted_key(
     own_pg_url: str, upstream: StandInUpstream, tmp_path: Path
 ) -> None:
     ttl = 1.0
-    own_redis = RedisServer(tmp_path / "redis").start()
+    password = "redis-pw-must-not-be-logged"
+    own_redis = RedisServer(tmp_path / "redis", password=password).start()
     env = {
         "INFERGATE_DATABASE_URL": own_pg_url,
         "INFERGATE_REDIS_URL": own_redis.url,
@@ -174,6 +175,7 @@ def test_with_redis_down_the_ttl_ends_a_deleted_key(
         # b last checked the key before the delete, so no request sent a TTL after it may pass
         assert accepted_at and max(accepted_at) < ttl
         wait_for_log(a, "key change not published to Redis")
+        assert password not in a.log() and password not in b.log()
     finally:
         a.stop()
         b.stop()

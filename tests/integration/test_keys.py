@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import httpx
 import pytest
 
-from tests.support.server import ServerProcess
+from tests.support.server import INFERGATE, ServerProcess
 
 
 def chat_status(server: ServerProcess, secret: str) -> int:
@@ -154,3 +155,10 @@ def test_control_characters_in_a_key_name_are_400(server: ServerProcess, name: s
 def test_cli_rejects_control_characters_in_a_key_name(server: ServerProcess) -> None:
     result = server.cli("keys", "create", "tab\there", check=False)
     assert result.returncode == 1 and "control characters" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_key_cache_ttl_must_be_a_number_of_seconds(server: ServerProcess, value: str) -> None:
+    env = {**server.env, "INFERGATE_KEY_CACHE_TTL": value}
+    result = subprocess.run([INFERGATE, "keys", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "INFERGATE_KEY_CACHE_TTL" in result.stderr

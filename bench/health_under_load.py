@@ -165,6 +165,12 @@ CLI = [PY, "-c", "import sys; from infergate.cli import main; sys.exit(main())"]
 def start_server(t: Target, work: Path, catalog: Path) -> None:
     """Starts (or restarts: same data dir and key) the target's server; a new key the first time."""
     env = server_env(t, work, catalog)
+    if not t.key:  # PYTHONPATH must win over the venv's editable install of the working tree
+        where = subprocess.run(
+            [PY, "-c", "import infergate; print(infergate.__file__)"], env=env, capture_output=True, text=True
+        ).stdout.strip()
+        if not where.startswith(str(t.src) + os.sep):
+            raise RuntimeError(f"{t.label}: infergate imports from {where!r}, not from {t.src}")
     t.port = free_port()
     t.log_path = work / f"server-{t.name}.log"
     args = ["serve", "--host", HOST, "--port", str(t.port), "--workers", "1"]
@@ -362,7 +368,7 @@ def ratio(a: float, b: float) -> str:
     return f"**{'≥ ' if timed_out(a) else ''}{a / b:.1f}x**"
 
 
-def report(targets: list[Target], args: argparse.Namespace, head: str, notes: list[str]) -> None:
+def report(targets: list[Target], args: argparse.Namespace, notes: list[str]) -> None:
     before = next((t for t in targets if t.name == "before"), None)
     after = next(t for t in targets if t.name == "after")
     print(
@@ -370,7 +376,7 @@ def report(targets: list[Target], args: argparse.Namespace, head: str, notes: li
         f"distinct {PROMPT_BYTES >> 20} MiB prompts to `/v1/chat/completions` (aiohttp, back to back); "
         f"{args.duration:g} s per target and load in {args.rounds} interleaved round(s); 1 worker each, "
         "default server, nothing pinned. "
-        f"**before** = {before.label if before else '(not run)'}, **after** = {after.label} ({head})."
+        f"**before** = {before.label if before else '(not run)'}, **after** = {after.label}."
     )
     print()
     print(
@@ -442,7 +448,6 @@ async def run(args: argparse.Namespace) -> int:
     have_worktree = False
     short = git("rev-parse", "--short", "HEAD").stdout.strip()
     dirty = " (dirty)" if git("status", "--porcelain", "--untracked-files=no").stdout.strip() else ""
-    head = f"commit {short}{dirty}"
     try:
         ports = {}
         for model, flags in (("bench-nousage", ["--no-usage"]), ("bench-usage", [])):
@@ -470,12 +475,18 @@ async def run(args: argparse.Namespace) -> int:
             if made.returncode == 0:
                 have_worktree = True
                 rev = git("-C", str(worktree), "rev-parse", "--short", "HEAD").stdout.strip()
-                targets.append(Target("before", f"before {rev}", worktree / "src"))
+                targets.append(Target("before", f"before: {rev}", worktree / "src"))
             else:
                 notes.append(
                     f"no **before** rows: `git worktree add {args.before}` failed: {made.stderr.strip()}"
                 )
-        targets.append(Target("after", f"after {short}{' + working tree' if dirty else ''}", REPO / "src"))
+        targets.append(
+            Target(
+                "after",
+                f"after: working tree at {short}{' + uncommitted changes' if dirty else ''}",
+                REPO / "src",
+            )
+        )
         for t in targets:
             log(f"starting {t.label} (PYTHONPATH={t.src})")
             start_server(t, work, catalog)
@@ -509,7 +520,7 @@ async def run(args: argparse.Namespace) -> int:
                 notes.append(
                     f"{t.label} server exited with {t.proc.returncode} during the run: {tail(t.log_path)}"
                 )
-        report(targets, args, head, notes)
+        report(targets, args, notes)
         return 0
     finally:
         await prober.close()

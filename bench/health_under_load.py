@@ -205,6 +205,19 @@ def start_server(t: Target, work: Path, catalog: Path) -> None:
         ) from None
 
 
+def wait_port(port: int, proc: subprocess.Popen, what: str, limit: float = 15) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited ({proc.returncode})")
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on port {port} in {limit:g} s")
+
+
 def tail(path: Path | None, n: int = 15) -> str:
     if path is None or not path.exists():
         return ""
@@ -279,6 +292,7 @@ async def load_client(
         except aiohttp.ClientError as exc:
             w.load_errors += 1
             w.first_error = w.first_error or f"{type(exc).__name__}: {exc}"[:200]
+            await asyncio.sleep(0.1)  # a server that went away: no busy loop of refused connections
 
 
 async def check(t: Target, notes: list[str]) -> None:
@@ -287,10 +301,13 @@ async def check(t: Target, notes: list[str]) -> None:
     async with aiohttp.ClientSession() as session:
         for model, _ in SCENARIOS:
             body = {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
-            async with session.post(f"{t.base}/v1/chat/completions", json=body, headers=headers) as r:
-                text = await r.text()
-                if r.status != 200 or "Hello from the mock" not in text:
-                    notes.append(f"{t.label}, {model} sample: HTTP {r.status}: `{text[:300]}`")
+            try:
+                async with session.post(f"{t.base}/v1/chat/completions", json=body, headers=headers) as r:
+                    text = await r.text()
+                    if r.status != 200 or "Hello from the mock" not in text:
+                        notes.append(f"{t.label}, {model} sample: HTTP {r.status}: `{text[:300]}`")
+            except aiohttp.ClientError as exc:
+                notes.append(f"{t.label}, {model} sample failed: {type(exc).__name__}: {exc}")
 
 
 class Prober:
@@ -461,6 +478,8 @@ async def run(args: argparse.Namespace) -> int:
                         start_new_session=True,
                     )
                 )
+        for m, port in zip(mocks, ports.values(), strict=True):
+            wait_port(port, m, "mock_upstream.py")
         catalog = work / "catalog.toml"
         catalog.write_text(
             "builtins = false\n"
@@ -559,8 +578,8 @@ def main() -> int:
     args = parser.parse_args()
     try:
         return asyncio.run(run(args))
-    except RuntimeError as exc:
-        print(f"\nhealth_under_load.py failed: {exc}")
+    except (RuntimeError, OSError, aiohttp.ClientError) as exc:
+        print(f"\nhealth_under_load.py failed: {type(exc).__name__}: {exc}")
         return 1
 
 

@@ -1,28 +1,17 @@
 #!/usr/bin/env python3
-"""Latency of `GET /health` while 8 clients send 4 MiB prompts, before and after a change.
+"""Latency of `GET /health` while 8 clients send 4 MiB prompts, before and after a change (issue 9).
 
-Issue 9, point 5: nothing may block the event loop (today the token count of a large prompt runs on
-it, so one big prompt stalls every other request). This measures that, old code against new, in
-one run on the same machine:
-
-- **before**: the code at `--before` (default f663611, the landed core before the hardening), checked
-  out with `git worktree add --detach` into a temp dir (removed at the end) and run by the same venv's
-  python with PYTHONPATH=<worktree>/src, which comes before the editable install;
-- **after**: the working tree this script belongs to (PYTHONPATH=<repo>/src).
-
-Both servers (`infergate serve --workers 1`, default server) run side by side, each with its own
-temp data dir, admin token, key (`infergate keys create`) and catalog: model `bench-nousage` goes to
-bench/mock_upstream.py started with `--no-usage` (the gateway must count the prompt's tokens itself,
-the path that stalls), model `bench-usage` to a second mock that reports usage. INFERGATE_MAX_BODY_BYTES
-is 16 MiB. Per scenario and target, 8 load clients (aiohttp, one process) POST distinct 4 MiB prompts
-back to back for `--duration` seconds, split into `--rounds` segments interleaved with the other
-target's; meanwhile a prober in its own process sends `GET /health` every `--probe-ms` ms, open loop
-(one request per tick whether or not the previous ones answered, so a 2 s stall counts as the ~200
-slow probes it delays, not as one). Load keeps running until every probe of the window has answered;
-between segments the script waits until the loaded server's CPU is idle again. Nothing is pinned.
+Before: the code at `--before` (default f663611, the core before the hardening), checked out with
+`git worktree add --detach` into a temp dir (removed at the end); after: this working tree. Both run
+from the same venv's python with PYTHONPATH=<tree>/src, side by side, each with its own data dir,
+admin token, key and catalog: model `bench-nousage` on a bench/mock_upstream.py without usage in its
+answers (the gateway counts the 4 MiB itself), `bench-usage` on one that reports usage. 8 aiohttp
+clients POST distinct 4 MiB prompts back to back; a prober in its own process sends `GET /health`
+every 10 ms, open loop. Windows alternate between the two servers; a loaded server is restarted
+after its window. bench/README.md has the details.
 
 Usage: .venv/bin/python bench/health_under_load.py [--duration 10] [--rounds 2] [--before f663611]
-Env:   BENCH_HEALTH_DURATION or BENCH_DURATION (seconds per target and scenario, default 10; 2 with
+Env:   BENCH_HEALTH_DURATION or BENCH_DURATION (seconds per target and load, default 10; 2 with
        BENCH_QUICK=1), BENCH_HEALTH_BEFORE (the "before" commit), BENCH_KEEP=1 (keep the temp dir).
 Prints a markdown report on stdout, progress on stderr.
 """

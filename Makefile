@@ -5,7 +5,8 @@ PIP     := $(VENV)/bin/pip
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
 # llama-cpp-python compiles from source (~7 min on 2 cores): its wheel is built once and reused.
-WHEELS  ?= $(HOME)/.cache/infergate/wheels
+# (the folder is named after the CPU flags in scripts/ggml_cpu_flags.sh)
+WHEELS  ?= $(HOME)/.cache/infergate/wheels-avx2
 LLAMA_CPP_VERSION ?= 0.3.36
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
@@ -14,7 +15,7 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install.sh
+$(STAMP): pyproject.toml scripts/install.sh scripts/ggml_cpu_flags.sh
 	VENV=$(VENV) WHEELS=$(WHEELS) LLAMA_CPP_VERSION=$(LLAMA_CPP_VERSION) bash scripts/install.sh
 	touch $(STAMP)
 

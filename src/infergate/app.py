@@ -12,8 +12,8 @@ from starlette.middleware.cors import CORSMiddleware
 
 from infergate import __version__
 from infergate.api import chat, health, keys, models, usage
-from infergate.api.errors import exception_handlers
 from infergate.config import Settings
+from infergate.http_errors import exception_handlers
 from infergate.middleware import GatewayMiddleware
 from infergate.observability import ACCESS_LOG, setup_logging
 from infergate.platform import Platform
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             flusher.cancel()
             await platform.close()  # after the server drained in-flight requests: flush the ledger
-            ACCESS_LOG.flush()
+            ACCESS_LOG.close()
             log.info("infergate stopped; ledger flushed")
 
     app = FastAPI(
@@ -82,7 +82,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     _hoist_request_body_defs(app)
     app.add_middleware(
-        GatewayMiddleware, max_body_bytes=settings.max_body_bytes, fast_routes=FAST_ROUTES, asgi_app=app
+        GatewayMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        fast_routes=FAST_ROUTES if settings.fast_routes else {},
+        asgi_app=app,
     )
     # CORS outermost: it must also wrap the fast-path routes and the 413 answers of GatewayMiddleware.
     if settings.cors_origins:

@@ -77,6 +77,7 @@ class Settings:
     ledger_flush_ms: int
     shutdown_grace: int = 30
     key_cache_ttl: float = 5.0  # seconds a cached key is trusted before the database is asked again
+    fast_routes: bool = True  # hot routes skip FastAPI's router (middleware.py); off only to measure it
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -99,6 +100,7 @@ class Settings:
             ledger_flush_ms=int_env("INFERGATE_LEDGER_FLUSH_MS", 200, minimum=1),
             shutdown_grace=shutdown_grace_seconds(),
             key_cache_ttl=float_env("INFERGATE_KEY_CACHE_TTL", 5.0, minimum=0.0),
+            fast_routes=bool_env("INFERGATE_FAST_ROUTES", True),
         )
 
     def load_catalog(self) -> Catalog:

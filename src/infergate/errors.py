@@ -1,7 +1,7 @@
 """One family of errors for the whole platform.
 
 Every failure a client can see is an `InfergateError` carrying its HTTP status and the OpenAI
-error fields. `api/errors.py` is the single place that turns them into HTTP responses; engines
+error fields. `http_errors.py` is the single place that turns them into HTTP responses; engines
 and storage raise them without knowing about HTTP frameworks.
 """
 

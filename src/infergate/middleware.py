@@ -9,6 +9,7 @@ else and documents every route, hot ones included, in the OpenAPI document.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -18,10 +19,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from infergate.api.errors import error_payload, render_exception
+from infergate.http_errors import error_payload, render_exception
 from infergate.observability import count_request, log_access
 
 PASSTHROUGH_PATHS = ("/health", "/metrics")
+log = logging.getLogger("infergate.middleware")
 
 
 def route_label(scope: Scope) -> str:
@@ -112,18 +114,20 @@ class GatewayMiddleware:
         except BodyTooLarge:
             if not started[0]:
                 await self._reject(scope, send_wrapper, request_id)
-        self._finish(scope, start, status_holder[0] or 413, request_id)
+            status_holder[0] = status_holder[0] or 413
+        except Exception as exc:  # the fast routes' errors, and whatever escaped FastAPI's handlers
+            if started[0]:  # too late for an error answer: the connection is cut, the log says why
+                log.error("request %s failed after its answer started", request_id, exc_info=exc)
+            else:
+                scope["app"] = self.asgi_app
+                response = await render_exception(Request(scope, receive_limited), exc)
+                await response(scope, receive, send_wrapper)
+        self._finish(scope, start, status_holder[0] or 500, request_id)
 
     async def _fast(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
         scope["app"] = self.asgi_app
         scope["state"]["fast_route"] = scope["path"]
-        request = Request(scope, receive, send)
-        try:
-            response = await endpoint(request)
-        except BodyTooLarge:
-            raise
-        except Exception as exc:
-            response = await render_exception(request, exc)
+        response = await endpoint(Request(scope, receive, send))
         await response(scope, receive, send)
 
     async def _reject(self, scope: Scope, send: Send, request_id: str) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -80,16 +82,19 @@ def count_billed_tokens(model: str, **counts: int) -> None:
 
 
 class AccessLog:
-    """JSON-lines access log on stderr, written in batches: one write per flush, not per request.
+    """JSON-lines access log on stderr, written in batches by a thread of its own.
 
-    Lines are flushed when 256 are pending, by `flush()` (called every 200 ms by the app, and at
-    shutdown), so a line is at most that late.
+    The request path only appends a line to a list. `flush()` (every 200 ms from the app, at
+    256 pending lines, and at shutdown) hands the batch to the writer thread, so a slow or
+    blocked stderr (a full pipe, a paused log collector) never stalls the event loop.
     """
 
     def __init__(self) -> None:
         self.enabled = False
         self.stream: Any = sys.stderr
         self._pending: list[bytes] = []
+        self._batches: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
 
     def write(self, fields: dict[str, Any]) -> None:
         fields["ts"] = round(time.time(), 3)
@@ -101,11 +106,26 @@ class AccessLog:
         if not self._pending:
             return
         lines, self._pending = self._pending, []
-        try:
-            self.stream.write(b"\n".join(lines).decode() + "\n")
-            self.stream.flush()
-        except Exception:  # logging must never break a request
-            pass
+        if self._writer is None or not self._writer.is_alive():
+            self._writer = threading.Thread(target=self._write_forever, name="access-log", daemon=True)
+            self._writer.start()
+        self._batches.put(lines)
+
+    def close(self) -> None:
+        """Flush and wait until everything pending is written (at shutdown)."""
+        self.flush()
+        if self._writer is not None and self._writer.is_alive():
+            self._batches.put(None)
+            self._writer.join(timeout=5)
+        self._writer = None
+
+    def _write_forever(self) -> None:
+        while (lines := self._batches.get()) is not None:
+            try:
+                self.stream.write(b"\n".join(lines).decode() + "\n")
+                self.stream.flush()
+            except Exception:  # logging must never break serving
+                pass
 
 
 ACCESS_LOG = AccessLog()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from typing import Any
 
 from sqlalchemy import text
 
@@ -17,12 +17,12 @@ from infergate.config import Settings
 from infergate.engines.base import ChatEngine, Engine
 from infergate.engines.registry import BackendMissing, build_engine
 from infergate.errors import InvalidRequest, NotFound, Unavailable
-from infergate.observability import LEDGER_PENDING, count_billed_tokens
+from infergate.metering import Charge, Meter
 from infergate.storage.db import open_database
 from infergate.storage.keys import KeyRepository
 from infergate.storage.ledger import LedgerRepository
 from infergate.storage.ledger_writer import LedgerWriter
-from infergate.usage import LedgerEntry, Usage, now_ms
+from infergate.tokens import warm_up as warm_up_tokenizer
 
 log = logging.getLogger("infergate")
 
@@ -45,6 +45,8 @@ class Platform:
         self.draining = False
 
     async def start(self) -> None:
+        # the estimating tokenizer loads in the background: no request waits on it
+        self._tokenizer_warm_up = asyncio.create_task(asyncio.to_thread(warm_up_tokenizer))
         await self.ledger.start()
         await self.key_cache.start_fanout(self.settings.redis_url)
         for spec in self.catalog:
@@ -91,39 +93,9 @@ class Platform:
         assert isinstance(engine, ChatEngine)
         return spec, engine
 
-    def bill(
-        self,
-        *,
-        spec: ModelSpec,
-        request_id: str,
-        key_uuid: str | None,
-        endpoint: str,
-        usage: Usage,
-        status: int,
-        started: float,
-    ) -> None:
-        cost = usage.cost_nano_usd(spec)  # tokens produced before a failure are billed too
-        self.ledger.record(
-            LedgerEntry(
-                request_id=request_id,
-                key_uuid=key_uuid,
-                model=spec.id,
-                endpoint=endpoint,
-                usage=usage,
-                cost_nano_usd=cost,
-                status=status,
-                latency_ms=(time.perf_counter() - started) * 1000,
-                created_ms=now_ms(),
-            )
-        )
-        LEDGER_PENDING.inc()
-        count_billed_tokens(
-            spec.id,
-            input=usage.input_tokens,
-            output=usage.output_tokens,
-            cache_read=usage.cache_read_tokens,
-            cache_write=usage.cache_write_5m_tokens + usage.cache_write_1h_tokens,
-        )
+    def meter(self, charge: Charge, **options: Any) -> Meter:
+        """The request's bill (see metering.py): settle it on every way out."""
+        return Meter(self.ledger, charge, **options)
 
     def readiness(self) -> str | None:
         try:

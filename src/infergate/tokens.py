@@ -42,6 +42,17 @@ def count_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
 
 
+def chat_framing_tokens(messages: int) -> int:
+    """Tokens a chat template adds around `messages` messages (role markers, the reply's opening)."""
+    return 4 * messages + 2
+
+
 def count_chat_prompt(messages: list[Any]) -> int:
-    """Prompt tokens of a chat: the texts plus a few tokens of role framing per message."""
-    return sum(count_tokens(m.text()) + 4 for m in messages) + 2
+    """Prompt tokens of a chat: the texts plus the role framing. Slow for large prompts: call it
+    off the event loop (metering.Meter.estimate does)."""
+    return sum(count_tokens(m.text()) for m in messages) + chat_framing_tokens(len(messages))
+
+
+def warm_up() -> None:
+    """Load the vocabulary now (a thread at start), not on the first request that needs it."""
+    _load()

@@ -13,16 +13,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from infergate.api.common import authenticate, json_body, json_response, platform_of, request_id_of, validate
-from infergate.api.errors import error_payload
-from infergate.api.streaming import ClientGone, SSEResponse, run_until_disconnect
+from infergate.api.streaming import SSEResponse, run_until_disconnect, stream_error_event
 from infergate.cache.plan import PromptCachePlan
 from infergate.catalog import ModelSpec
 from infergate.engines.base import ChatEngine, ChatRequest, RequestContext
-from infergate.errors import InfergateError
-from infergate.platform import Platform
+from infergate.metering import CLIENT_GONE_STATUS, Charge, Meter
 from infergate.schemas.chat import ChatCompletionRequest
 from infergate.schemas.common import INFERENCE_ERRORS
-from infergate.tokens import count_chat_prompt, count_tokens
+from infergate.tokens import chat_framing_tokens
 from infergate.usage import Usage
 
 router = APIRouter()
@@ -56,58 +54,56 @@ async def create_chat_completion(request: Request) -> Response:
     spec, engine = platform.chat_engine(params.model)
     request.scope["state"]["model"] = spec.id
     request_id = request_id_of(request)
+    meter = platform.meter(
+        Charge(spec, request_id, key.uuid, ENDPOINT, started),
+        prompt_texts=lambda: [m.text() for m in params.messages],
+        prompt_overhead=chat_framing_tokens,
+        live_usage=engine.live_usage,
+    )
     chat = ChatRequest(
         params=params,
         body=body,
-        context=RequestContext(request_id=request_id, key_uuid=key.uuid),
+        context=RequestContext(request_id=request_id, key_uuid=key.uuid, usage=meter.usage),
         cache_plan=PromptCachePlan.from_messages(params.messages),
     )
-    bill = {
-        "spec": spec,
-        "request_id": request_id,
-        "key_uuid": key.uuid,
-        "endpoint": ENDPOINT,
-        "started": started,
-    }
     if params.stream:
-        return await _stream(request, platform, engine, chat, bill)
+        return await _stream(request, engine, chat, meter)
     try:
         result = await run_until_disconnect(request.receive, engine.complete(chat))
-    except InfergateError as exc:
-        platform.bill(usage=Usage(), status=exc.status, **bill)
+        usage = result.usage
+        if usage is None:
+            meter.output = [
+                _message_text(c.get("message")) for c in result.body["choices"] if isinstance(c, dict)
+            ]
+            usage = await meter.estimate()
+    except BaseException as exc:
+        meter.fail(exc)
         raise
+    meter.settle(200, usage)
     payload = result.body
-    payload["usage"] = result.usage.to_chat()
-    platform.bill(usage=result.usage, status=200, **bill)
+    payload["usage"] = usage.to_chat()
     return json_response(payload)
 
 
-async def _stream(
-    request: Request, platform: Platform, engine: ChatEngine, chat: ChatRequest, bill: dict[str, Any]
-) -> Response:
+async def _stream(request: Request, engine: ChatEngine, chat: ChatRequest, meter: Meter) -> Response:
     events = engine.stream(chat)
     try:  # the first event before answering 200, so early failures get their real status
         first = await run_until_disconnect(request.receive, events.__anext__())
     except StopAsyncIteration:
         first = None
-    except InfergateError as exc:
-        platform.bill(usage=Usage(), status=exc.status, **bill)
+    except BaseException as exc:
+        meter.fail(exc)
         await events.aclose()
         raise
-    return SSEResponse(_sse(platform, bill["spec"], events, first, chat, bill))
+    return SSEResponse(_sse(events, first, chat, meter))
 
 
 async def _sse(
-    platform: Platform,
-    spec: ModelSpec,
-    events: AsyncIterator[Any],
-    first: Any,
-    chat: ChatRequest,
-    bill: dict[str, Any],
+    events: AsyncIterator[Any], first: Any, chat: ChatRequest, meter: Meter
 ) -> AsyncIterator[bytes]:
+    """The SSE body. Whatever ends it (the last event, an error of any kind, the client leaving),
+    the meter is settled once with what was consumed."""
     usage: Usage | None = None
-    status = 200
-    texts: list[str] = []
     head: dict[str, Any] = {}
     try:
         item = first
@@ -117,23 +113,24 @@ async def _sse(
             else:
                 if not head:
                     head = {k: item.get(k) for k in ("id", "created", "system_fingerprint")}
-                _collect_text(item, texts)
+                _collect_text(item, meter.output)
                 yield b"data: " + orjson.dumps(item) + b"\n\n"
             item = await anext(events, None)
         if usage is None:
-            usage = _estimate(chat, texts)
+            usage = await meter.estimate()
+        meter.settle(200, usage)
         if chat.params.include_usage:
-            yield b"data: " + orjson.dumps(_usage_chunk(spec, head, usage)) + b"\n\n"
+            yield b"data: " + orjson.dumps(_usage_chunk(meter.charge.spec, head, usage)) + b"\n\n"
         yield DONE
-    except InfergateError as exc:
-        status = exc.status
-        yield b"data: " + error_payload(exc.status, exc.to_dict(), bill["request_id"], "/v1") + b"\n\n" + DONE
-    except (asyncio.CancelledError, GeneratorExit):
-        status = ClientGone.status
+    except (asyncio.CancelledError, GeneratorExit) as exc:
+        meter.fail(exc)
         raise
+    except Exception as exc:
+        meter.fail(exc)
+        yield stream_error_event(exc, meter.charge.request_id) + DONE
     finally:
         await events.aclose()
-        platform.bill(usage=usage or _estimate(chat, texts), status=status, **bill)
+        meter.settle(CLIENT_GONE_STATUS)  # only if nothing above settled (e.g. aclose before start)
 
 
 def _collect_text(chunk: dict[str, Any], texts: list[str]) -> None:
@@ -148,13 +145,15 @@ def _collect_text(chunk: dict[str, Any], texts: list[str]) -> None:
                     texts.append(str(fn.get("name") or "") + str(fn.get("arguments") or ""))
 
 
-def _estimate(chat: ChatRequest, texts: list[str]) -> Usage:
-    """No usage from the engine (upstream sent none, or the client left): count it ourselves."""
-    return Usage(
-        input_tokens=count_chat_prompt(chat.params.messages),
-        output_tokens=count_tokens("".join(texts)),
-        estimated=True,
-    )
+def _message_text(message: Any) -> str:
+    if not isinstance(message, dict):
+        return ""
+    content = message.get("content")
+    text = content if isinstance(content, str) else ""
+    for call in message.get("tool_calls") or []:
+        if isinstance(call, dict) and isinstance(call.get("function"), dict):
+            text += str(call["function"].get("name") or "") + str(call["function"].get("arguments") or "")
+    return text
 
 
 def _usage_chunk(spec: ModelSpec, head: dict[str, Any], usage: Usage) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from infergate.api.errors import invalid_from_validation
 from infergate.errors import InvalidRequest
+from infergate.http_errors import invalid_from_validation
 from infergate.platform import Platform
 from infergate.storage.keys import KeyRecord
 

@@ -8,7 +8,7 @@ upstream still prefilling) would go on burning compute. Here a watcher task wait
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
@@ -16,14 +16,28 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from infergate.errors import InfergateError
+from infergate.http_errors import INTERNAL_ERROR, error_payload
+from infergate.metering import CLIENT_GONE_STATUS
 
 T = TypeVar("T")
+log = logging.getLogger("infergate.streaming")
 
 
 class ClientGone(InfergateError):
-    status = 499
+    status = CLIENT_GONE_STATUS
     type = "client_closed_request"
     code = "client_closed_request"
+
+
+def stream_error_event(exc: Exception, request_id: str) -> bytes:
+    """A failure after the stream started: one `data: {"error": ...}` event (then [DONE]).
+    Our own errors say what went wrong; anything else is logged with its traceback."""
+    if isinstance(exc, InfergateError):
+        status, error = exc.status, exc.to_dict()
+    else:
+        log.error("unhandled error mid-stream (request %s)", request_id, exc_info=exc)
+        status, error = 500, dict(INTERNAL_ERROR)
+    return b"data: " + error_payload(status, error, request_id, "/v1") + b"\n\n"
 
 
 async def _wait_disconnect(receive: Receive) -> None:
@@ -85,9 +99,22 @@ class SSEResponse(Response):
             watcher.cancel()
             if not sender.done():
                 sender.cancel()  # the client left: CancelledError runs the generator's cleanup
-            with contextlib.suppress(BaseException):
-                await sender
-            aclose = getattr(self.events, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(BaseException):
-                    await aclose()
+            await self._reap(sender)
+
+    async def _reap(self, sender: asyncio.Future[None]) -> None:
+        """Wait for the sender to end and close the events; a failure there is logged, not lost.
+        (A send to a client that left raises OSError-like errors: that is the client's doing.)"""
+        try:
+            await sender
+        except asyncio.CancelledError:
+            pass
+        except OSError as exc:
+            log.info("stream ended early: client connection lost (%s)", exc)
+        except Exception:
+            log.exception("stream sender failed")
+        aclose = getattr(self.events, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception:
+                log.exception("closing the stream's events failed")

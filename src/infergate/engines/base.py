@@ -46,10 +46,11 @@ class ChatRequest:
 
 @dataclass
 class ChatResult:
-    """A finished chat completion: `body` is the chat.completion object without `usage`."""
+    """A finished chat completion: `body` is the chat.completion object without `usage`, which
+    is None when the backend could not tell (the api layer then counts it, marked estimated)."""
 
     body: dict[str, Any]
-    usage: Usage
+    usage: Usage | None
 
 
 class Engine(ABC):  # noqa: B024 - kinds add their abstract methods
@@ -69,6 +70,11 @@ class Engine(ABC):  # noqa: B024 - kinds add their abstract methods
 
 
 class ChatEngine(Engine):
+    # True when the engine keeps `RequestContext.usage` current as it works (so a request cut
+    # short is billed from it); False when only the backend's final report counts (upstreams),
+    # and the metering layer estimates what a cut-short request consumed.
+    live_usage = False
+
     @abstractmethod
     async def complete(self, request: ChatRequest) -> ChatResult:
         """Non-streaming chat completion."""

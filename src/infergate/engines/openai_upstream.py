@@ -28,7 +28,6 @@ from infergate.errors import (
     UpstreamTimeout,
 )
 from infergate.observability import UPSTREAM_ERRORS
-from infergate.tokens import count_chat_prompt, count_tokens
 from infergate.usage import Usage
 
 CACHE_CONTROL_FIELDS = ("cache_control",)
@@ -109,16 +108,9 @@ class OpenAIUpstreamEngine(ChatEngine):
         if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
             self._count("bad_shape")
             raise UpstreamError(f"upstream {self.spec.id} answered without choices")
-        usage = Usage.from_openai(body.pop("usage", None))
+        usage = Usage.from_openai(body.pop("usage", None))  # None: the api layer estimates it
         if usage is not None and request.cache_plan.explicit:
             usage.cache_control = True  # the client used cache_control: answer in the seed's fields
-        if usage is None:
-            text = "".join(_message_text(c.get("message")) for c in body["choices"] if isinstance(c, dict))
-            usage = Usage(
-                input_tokens=count_chat_prompt(request.params.messages),
-                output_tokens=count_tokens(text),
-                estimated=True,
-            )
         body["model"] = self.spec.id
         return ChatResult(body=body, usage=usage)
 
@@ -210,17 +202,6 @@ async def _sse_events(response: aiohttp.ClientResponse, model_id: str) -> AsyncI
             raise UpstreamError(f"upstream {model_id} sent an invalid stream event") from None
         if isinstance(event, dict):
             yield event
-
-
-def _message_text(message: Any) -> str:
-    if not isinstance(message, dict):
-        return ""
-    content = message.get("content")
-    text = content if isinstance(content, str) else ""
-    for call in message.get("tool_calls") or []:
-        if isinstance(call, dict) and isinstance(call.get("function"), dict):
-            text += str(call["function"].get("name") or "") + str(call["function"].get("arguments") or "")
-    return text
 
 
 def _strip_cache_control(message: Any) -> Any:

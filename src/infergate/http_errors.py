@@ -152,33 +152,37 @@ async def handle_database_error(request: Request, exc: Exception) -> Response:
     )
 
 
+INTERNAL_ERROR = {
+    "message": "Internal server error; the request id names it in the log.",
+    "type": "server_error",
+    "param": None,
+    "code": "internal_error",
+}
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(
-        request,
-        500,
-        {
-            "message": "Internal server error; the request id names it in the log.",
-            "type": "server_error",
-            "param": None,
-            "code": "internal_error",
-        },
+    request_id = request.scope.get("state", {}).get("request_id")
+    log.error(
+        "unhandled error on %s %s (request %s)", request.method, request.url.path, request_id, exc_info=exc
     )
+    return error_response(request, 500, dict(INTERNAL_ERROR))
 
 
 def exception_handlers() -> dict[Any, Any]:
+    """FastAPI's handlers. Not `Exception`: Starlette would answer it outside every middleware
+    (no request id, no CORS, no metrics); GatewayMiddleware renders those with `render_exception`."""
     return {
         InfergateError: handle_infergate_error,
         RequestValidationError: handle_validation_error,
         ValidationError: handle_validation_error,
         HTTPException: handle_http_exception,
         DBAPIError: handle_database_error,
-        Exception: handle_unexpected,
     }
 
 
 async def render_exception(request: Request, exc: Exception) -> Response:
-    """The same mapping as `exception_handlers`, for endpoints called outside FastAPI's router."""
+    """The same mapping as `exception_handlers`, unexpected errors included (a 500 in OpenAI's
+    shape): for the fast routes and for whatever escapes FastAPI's router."""
     for kind, handler in exception_handlers().items():
         if isinstance(exc, kind):
             return await handler(request, exc)

@@ -227,8 +227,8 @@ class LedgerWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if await self._reclaim_inflight(self._close_timeout):
-            # one last try (the database may be back); a write that hangs is given up on
+        if await self._reclaim_inflight(self._close_timeout) and not self._failures:
+            # one last try, unless the database is known down; a write that hangs is given up on
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.flush(), self._close_timeout)
             await self._reclaim_inflight(0)
@@ -252,7 +252,7 @@ class LedgerWriter:
             error = TimeoutError(f"a ledger write still hangs after {timeout:g}s")
         if error is not None:
             self._give_back(batch)
-            log.warning("ledger write at shutdown failed (%s): %d rows to spill", _short(error), len(batch))
+            self._note_failure(error)  # the database is down: no last try at shutdown
         return not hangs
 
     def _give_back(self, batch: _Batch) -> None:

@@ -127,7 +127,8 @@ def test_files_the_server_creates_in_the_data_dir_are_private(
         assert server.stop() == 0
     ours = {data / "catalog.toml", data / "server.log"}  # written by the test, not by infergate
     created = [p for p in data.rglob("*") if p not in ours]
-    assert any(p.name == "infergate.db" for p in created), created
+    names = {p.name for p in created}
+    assert {"infergate.db", "keys.epoch"} <= names, names  # the database, the key revocation epoch
     assert data.stat().st_mode & 0o777 == 0o700
     for path in created:
         mode = path.stat().st_mode & 0o777
@@ -279,6 +280,7 @@ def test_postgres_cut_off_mid_load_then_sigterm_loses_and_doubles_nothing(
         assert asyncio.run(scenario()) == 0
         spill = tmp_path / "data" / "ledger-spill.jsonl"
         assert spill.exists(), server.log()
+        assert spill.stat().st_mode & 0o777 == 0o600
         proxy.restore()
         server.start()  # replays the spill
         assert not spill.exists()

@@ -209,3 +209,28 @@ def test_embedded_client_gone_mid_generation_bills_what_ran(embedded: ServerProc
     assert len(rows) == 1
     assert rows[0]["estimated"] == 0
     assert rows[0]["input_tokens"] > 10 and rows[0]["output_tokens"] > 0
+
+
+def test_input_token_metric_counts_uncached_input_as_the_ledger(
+    metered: ServerProcess, auth: dict[str, str]
+) -> None:
+    from tests.integration.test_observability import scrape, value
+
+    labels = {"model": "standin-cached"}
+    before = scrape(metered)
+    r = post(metered, auth, {"model": "standin-cached", "messages": PROMPT})
+    usage = r.json()["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] == 8
+    row = ledger_row(metered, r.headers["x-request-id"])
+    after = scrape(metered)
+    delta = {
+        kind: value(after, "infergate_tokens_total", **labels, type=kind)
+        - value(before, "infergate_tokens_total", **labels, type=kind)
+        for kind in ("input", "cache_read", "output")
+    }
+    assert delta == {
+        "input": usage["prompt_tokens"] - 8,
+        "cache_read": 8,
+        "output": usage["completion_tokens"],
+    }
+    assert row["input_tokens"] == delta["input"]

@@ -9,9 +9,9 @@ every fallback below safe:
 - the database is down: the batch stays in memory and is retried with exponential backoff
   (logged once per state change); past `max_pending` rows, they go to the spill file instead;
 - shutdown while the database is down, or while a write hangs: the rest goes to the spill file;
-- the spill file is replayed at the next start, and after the database comes back, by one
-  process at a time (a file lock), crash-safe (renamed first, deleted after the inserts commit);
-  a corrupt line is set aside in the rejected file and the rest replayed;
+- the spill file (storage/spill.py) is replayed at the next start, and after the database
+  comes back, by one process at a time, crash-safe; a corrupt line is set aside in the
+  rejected file and the rest replayed;
 - a row the database refuses for its content (not for being down) is set aside in the rejected
   file too, so one bad row cannot block every later one.
 """
@@ -20,24 +20,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-import orjson
 from sqlalchemy import exc as sa_exc
 
 from infergate.observability import LEDGER_PENDING_ROWS, LEDGER_SPILLED_ROWS, LEDGER_WRITE_FAILURES
+from infergate.storage.spill import Row, SpillFile, dumps
 
 log = logging.getLogger("infergate.ledger")
-
-Row = dict[str, Any]
 
 
 class LedgerRow(Protocol):
@@ -111,10 +107,6 @@ def _short(exc: BaseException) -> str:
     return f"{type(inner).__name__}: {text[0][:300] if text else ''}"
 
 
-def _dumps(row: Row) -> bytes:
-    return orjson.dumps(row, default=str)
-
-
 class LedgerWriter:
     """Collects ledger entries in memory and writes them in batches off the request path."""
 
@@ -131,11 +123,10 @@ class LedgerWriter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._write_rows = write_rows
+        self.spill = SpillFile(spill_path)
         self.spill_path = spill_path
-        stem = spill_path.name.removesuffix(".jsonl")
-        self.replaying_path = spill_path.with_name(f"{stem}.replaying.jsonl")
-        self.rejected_path = spill_path.with_name(f"{stem}.rejected.jsonl")
-        self.lock_path = spill_path.with_name(f"{stem}.lock")
+        self.replaying_path = self.spill.replaying_path
+        self.rejected_path = self.spill.rejected_path
         self._interval = flush_interval
         self._max_batch = max_batch
         self._max_pending = max_pending
@@ -335,7 +326,7 @@ class LedgerWriter:
                         raise
                     refused.append((row, one))
             if refused:
-                self._reject([_dumps(r) for r, _ in refused])
+                self.spill.reject([dumps(r) for r, _ in refused])
                 log.error(
                     "the database refused %d ledger rows (%s); kept in %s",
                     len(refused),
@@ -343,74 +334,9 @@ class LedgerWriter:
                     self.rejected_path,
                 )
 
-    @contextlib.contextmanager
-    def _file_lock(self) -> Iterator[None]:
-        """Spill appends and replays of every process on this data dir, one at a time."""
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
-
-    def _append(self, path: Path, lines: list[bytes]) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)  # RDWR: to read the tail
-        try:
-            size = os.fstat(fd).st_size
-            data = b"".join(line + b"\n" for line in lines)
-            # a line torn by a crash mid-append must not swallow the first row written after it
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                data = b"\n" + data
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _reject(self, lines: list[bytes]) -> None:
-        self._append(self.rejected_path, lines)
-
     def _spill(self, rows: list[Row], entries: list[Any]) -> int:
         rows = rows + self._rows_of(entries)
-        if rows:
-            with self._file_lock():
-                self._append(self.spill_path, [_dumps(r) for r in rows])
-        return len(rows)
-
-    def _replay_files(self) -> int:
-        """Insert the spilled rows; crash-safe: a replay that dies midway is redone (idempotent)."""
-        replayed = 0
-        with self._file_lock():
-            if self.replaying_path.exists():  # a replay that crashed or failed midway
-                replayed += self._replay_file(self.replaying_path)
-            if self.spill_path.exists():
-                os.replace(self.spill_path, self.replaying_path)
-                replayed += self._replay_file(self.replaying_path)
-        return replayed
-
-    def _replay_file(self, path: Path) -> int:
-        rows: list[Row] = []
-        bad: list[bytes] = []
-        for number, line in enumerate(path.read_bytes().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                row = None
-            if isinstance(row, dict) and isinstance(row.get("request_id"), str):
-                rows.append(row)
-            else:
-                log.warning("%s line %d is corrupt (torn or not a row); set aside", path.name, number)
-                bad.append(line)
-        for start in range(0, len(rows), self._max_batch):
-            self._insert(rows[start : start + self._max_batch])
-        if bad:
-            self._reject(bad)
-            log.warning("%d corrupt spill lines kept in %s", len(bad), self.rejected_path)
-        path.unlink()
-        log.info("replayed %d spilled ledger rows from %s", len(rows), path.name)
+        self.spill.append(rows)
         return len(rows)
 
     # --- on the loop, waiting for the threads ----------------------------------------------------
@@ -434,10 +360,10 @@ class LedgerWriter:
     async def _replay(self, when: str) -> None:
         """Replay the spill file; a failure is retried with the writes' backoff, never fatal."""
         self._replay_due = False
-        if not (self.spill_path.exists() or self.replaying_path.exists()):
+        if not self.spill.has_rows():
             return
         try:
-            await self._thread.submit(self._replay_files)
+            await self._thread.submit(self.spill.replay, self._insert, self._max_batch)
         except Exception as exc:
             self._replay_due = True
             log.warning("ledger spill replay at %s failed; will retry", when)

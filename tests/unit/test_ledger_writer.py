@@ -22,6 +22,7 @@ from infergate.config import normalize_database_url
 from infergate.storage.db import open_database, usage_records
 from infergate.storage.ledger import LedgerRepository
 from infergate.storage.ledger_writer import LedgerWriter
+from infergate.storage.spill import SpillFile
 from infergate.usage import LedgerEntry, Usage
 
 
@@ -177,6 +178,31 @@ def test_retries_back_off_exponentially_and_log_once_per_state_change(
     assert len(recovered) == 1
     # the SQL text and row values never reach the log
     assert not any("INSERT" in r.getMessage() for r in caplog.records)
+
+
+def test_the_flusher_waits_out_the_backoff_and_never_spins_with_nothing_to_write(
+    db: Database, tmp_path: Path
+) -> None:
+    async def run() -> None:
+        writer, clock = make_writer(db, tmp_path, max_pending=2, backoff_base=4.0)
+        assert writer.next_wait() == 0.01  # healthy: the flush interval
+        db.down = True
+        writer.record(entry(0))
+        await writer.tick()
+        assert writer.next_wait() == 4.0  # rows wait: until the retry
+        clock.now += 1.0
+        assert writer.next_wait() == 3.0
+        clock.now += 5.0
+        assert writer.next_wait() == 0.0  # the retry is due
+        writer.record(entry(1))
+        writer.record(entry(2))
+        await writer.tick()  # fails again, and past the bound everything is spilled
+        assert writer.pending == 0 and writer.failing
+        writer._replay_due = False  # (as if another process had replayed it)
+        assert writer.next_wait() == 0.01  # nothing waits for the database: no busy loop
+        await writer.close()
+
+    asyncio.run(run())
 
 
 def test_past_the_bound_pending_rows_go_to_the_spill_file_then_back_after_recovery(
@@ -380,3 +406,29 @@ def test_spill_files_are_private(db: Database, tmp_path: Path) -> None:
     asyncio.run(run())
     for name in ("ledger-spill.jsonl", "ledger-spill.lock"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+
+
+def test_two_replayers_at_once_replay_the_spill_exactly_once(db: Database, tmp_path: Path) -> None:
+    """As two `--workers` starting together: the file lock lets one replay; the other finds nothing."""
+    path = tmp_path / "ledger-spill.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(entry(i).row()) + b"\n" for i in range(50)))
+    inserted: list[str] = []
+    gate = threading.Barrier(2)
+
+    def insert(rows: list[dict[str, Any]]) -> None:
+        inserted.extend(r["request_id"] for r in rows)
+        db.repo.insert(rows)
+
+    def replayer(out: list[int]) -> None:
+        gate.wait(10)
+        out.append(SpillFile(path).replay(insert, 7))
+
+    counts: list[int] = []
+    threads = [threading.Thread(target=replayer, args=(counts,)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(counts) == [0, 50]
+    assert sorted(inserted) == sorted(ids(50))  # each row handed to the database once
+    assert db.count() == 50

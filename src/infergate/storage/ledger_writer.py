@@ -171,15 +171,21 @@ class LedgerWriter:
 
     async def _run(self) -> None:
         while True:
-            timeout = max(self._retry_at - self._clock(), 0.0) if self._failures else self._interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                await asyncio.wait_for(self._wakeup.wait(), self.next_wait())
             self._wakeup.clear()
             try:
                 await self.tick()
             except Exception:  # the flusher must outlive any surprise, or usage piles up unseen
                 log.exception("ledger writer: unexpected error; retrying")
                 self._note_failure(None)
+
+    def next_wait(self) -> float:
+        """Seconds until the flusher's next round: the flush interval, or the end of the backoff
+        when something waits for the database (not a busy loop when nothing does)."""
+        if self._failures and (self._rows or self._entries or self._replay_due):
+            return max(self._retry_at - self._clock(), 0.0)
+        return self._interval
 
     async def tick(self) -> None:
         """One round of the flusher: write and replay (unless backing off), spill past the bound."""

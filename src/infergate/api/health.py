@@ -6,7 +6,7 @@ import asyncio
 
 from fastapi import APIRouter
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from infergate.api.common import json_response, platform_of
 from infergate.observability import metrics_payload
@@ -43,7 +43,8 @@ async def ready(request: Request) -> Response:
     return json_response({"status": "ready"})
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+# documented as text/plain (Prometheus' text format), not FastAPI's default application/json
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics() -> Response:
     payload, content_type = metrics_payload()
     return Response(payload, media_type=content_type)

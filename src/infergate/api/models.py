@@ -47,11 +47,16 @@ def do_model(spec: ModelSpec) -> dict:
 
 
 def servable(platform: Platform) -> list[ModelSpec]:
-    """Catalog entries that can answer: an engine was built and started (an idle-unloaded local
-    model still can, it loads again on demand). A model with no engine or one that failed to start
-    is left out, so clients never pick a model that only answers errors."""
+    """Catalog entries that can answer: their engine exists and says it can serve (an idle-unloaded
+    local model can: it loads again on demand). A model with no engine in this build, or whose
+    engine failed to start or to load its weights, is left out, so clients never pick a model that
+    only answers errors."""
     engines = platform.engines
-    return [spec for spec in platform.catalog if spec.id in engines]
+    return [
+        spec
+        for spec in platform.catalog
+        if (engine := engines.get(spec.id)) is not None and engine.readiness() is None
+    ]
 
 
 @router.get(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from infergate.errors import InvalidRequest
@@ -27,6 +27,7 @@ COUNTS = (
 # The times a report can name: the epoch up to the end of year 9999 (what datetime can show).
 MIN_MS = 0
 MAX_MS = 253_402_300_799_999
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_time(value: str | None, default_ms: int, name: str) -> int:
@@ -48,17 +49,14 @@ def parse_time(value: str | None, default_ms: int, name: str) -> int:
             raise _bad_time(name, value) from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
-        try:
-            ms = parsed.timestamp() * 1000
-        except (OverflowError, ValueError):  # year 1 with a positive offset is before year 1 in UTC
-            raise _bad_time(name, value) from None
-    if not MIN_MS <= ms <= MAX_MS:
+        ms = (parsed - EPOCH) // timedelta(milliseconds=1)  # exact, for any year datetime takes
+    if not MIN_MS <= ms < MAX_MS + 1:  # 1e308 seconds is a finite float but infinite milliseconds
         raise InvalidRequest(
             f"{name}: {_shown(value)} is out of range (1970-01-01 to 9999-12-31, or epoch seconds "
             f"0 to {MAX_MS // 1000})",
             param=name,
         )
-    return int(ms)
+    return int(ms)  # whole milliseconds, as the ledger stores them
 
 
 def _bad_time(name: str, value: str) -> InvalidRequest:

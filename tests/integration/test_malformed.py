@@ -529,6 +529,7 @@ def test_tool_choice_with_tools_is_served(server: ServerProcess, key: str, choic
         ("start", "-1e30"),
         ("end", "99999999999999"),
         ("end", "1e400"),
+        ("end", "1e308"),  # finite seconds, infinite milliseconds
         ("start", "-1"),
         ("start", "0001-01-01T00:00:00+01:00"),  # before year 1 in UTC
         ("end", "9999-12-31T23:59:59-01:00"),  # after year 9999 in UTC
@@ -547,7 +548,12 @@ def test_usage_report_time_out_of_range_is_400_naming_it(
 
 @pytest.mark.parametrize(
     ("start", "end"),
-    [("0", "253402300799"), ("1970-01-01", "9999-12-31T23:59:59Z"), ("1764028800.5", "")],
+    [
+        ("0", "253402300799"),
+        ("1970-01-01", "9999-12-31T23:59:59.999999Z"),
+        ("1764028800.5", ""),
+        ("2026-11-01T10:00:00+02:00", "2026-11-02"),
+    ],
 )
 def test_usage_report_accepts_the_whole_range(server: ServerProcess, start: str, end: str) -> None:
     r = httpx.get(

@@ -581,6 +581,10 @@ def test_usage_cli_with_an_impossible_time_exits_with_a_message(server: ServerPr
         ("INFERGATE_SHUTDOWN_GRACE", "soon"),
         ("INFERGATE_SHUTDOWN_GRACE", "0"),
         ("INFERGATE_ACCESS_LOG", "maybe"),
+        ("INFERGATE_KEY_CACHE_TTL", "soon"),
+        ("INFERGATE_KEY_CACHE_TTL", "nan"),
+        ("INFERGATE_KEY_CACHE_TTL", "-1"),
+        ("INFERGATE_FAST_ROUTES", "perhaps"),
     ],
 )
 def test_bad_setting_stops_serve_with_exit_2_naming_it(tmp_path: Path, name: str, value: str) -> None:
@@ -589,9 +593,14 @@ def test_bad_setting_stops_serve_with_exit_2_naming_it(tmp_path: Path, name: str
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert name in result.stderr and repr(value) in result.stderr, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
-    # the same check guards every command, not only serve
-    result = proc.cli("keys", "list", check=False)
-    assert result.returncode == 2 and name in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["keys", "list"], ["usage"], ["migrate"]])
+def test_bad_setting_stops_every_command(tmp_path: Path, command: list[str]) -> None:
+    proc = ServerProcess(tmp_path / "data", None, env={"INFERGATE_SHUTDOWN_GRACE": "-3"})
+    result = proc.cli(*command, check=False)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "INFERGATE_SHUTDOWN_GRACE must be at least 1" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_good_settings_are_read(tmp_path: Path) -> None:

@@ -1,45 +1,62 @@
-"""Token counting for when an upstream reports no usage (the ledger marks those rows estimated).
+"""Token counting for when a backend reports no usage (the ledger marks those rows estimated).
 
-Uses the packaged SmolLM2 BPE vocabulary through llama.cpp (vocab only: no weights loaded), a
-real tokenizer close to most modern BPE vocabularies; falls back to ~4 characters per token.
+Uses the packaged SmolLM2 BPE vocabulary through llama.cpp's low-level API (vocab only: no
+weights), a real tokenizer close to most modern BPE vocabularies; falls back to ~4 characters per
+token. Not `llama_cpp.Llama(verbose=False)`: that points the whole process's stdout and stderr at
+/dev/null while it loads, and other threads' log lines vanish.
+
+Counting megabytes takes a while: callers off the event loop only (metering.Meter.estimate).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from typing import Any
 
 _lock = threading.Lock()
-_tokenizer: Any = None
+_vocab: Any = None
 _tried = False
 
 
 def _load() -> Any:
-    global _tokenizer, _tried
+    global _vocab, _tried
     with _lock:
         if not _tried:
             _tried = True
             try:
-                import llama_cpp
+                import llama_cpp as L
 
                 from infergate.catalog import packaged_smollm2_path
 
                 path = packaged_smollm2_path()
                 if path:
-                    _tokenizer = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+                    lib_log = logging.getLogger("llama-cpp-python")
+                    if lib_log.level == logging.NOTSET:  # llama.cpp's load chatter stays out
+                        lib_log.setLevel(logging.ERROR)
+                    params = L.llama_model_default_params()
+                    params.vocab_only = True
+                    model = L.llama_model_load_from_file(path.encode(), params)
+                    if model:
+                        _vocab = L.llama_model_get_vocab(model)  # the model lives as long as we do
             except Exception:
-                _tokenizer = None
-    return _tokenizer
+                _vocab = None
+    return _vocab
 
 
 def count_tokens(text: str) -> int:
     if not text:
         return 0
-    tokenizer = _load()
-    if tokenizer is not None:
-        return len(tokenizer.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False))
-    return max(1, math.ceil(len(text) / 4))
+    vocab = _load()
+    if vocab is None:
+        return max(1, math.ceil(len(text) / 4))
+    import llama_cpp as L
+
+    data = text.encode("utf-8", "replace")
+    # llama_tokenize returns minus the needed size when the buffer is short: count without one
+    n = L.llama_tokenize(vocab, data, len(data), None, 0, False, False)
+    return -n if n < 0 else n
 
 
 def chat_framing_tokens(messages: int) -> int:

@@ -9,6 +9,7 @@ import httpx
 import openai
 
 from tests.support.server import ServerProcess
+from tests.support.upstream import StandInUpstream
 
 
 def usage_report(server: ServerProcess, group_by: str = "model") -> dict:
@@ -100,7 +101,9 @@ def test_stream_without_upstream_usage_is_counted_and_marked_estimated(fresh_ser
     assert row["output_tokens"] == usage.completion_tokens + resp.usage.completion_tokens
 
 
-def test_shutdown_drains_in_flight_and_flushes_ledger(fresh_server: ServerProcess) -> None:
+def test_shutdown_drains_in_flight_and_flushes_ledger(
+    fresh_server: ServerProcess, upstream: StandInUpstream
+) -> None:
     server = fresh_server
     server.env["INFERGATE_LEDGER_FLUSH_MS"] = "60000"  # nothing is written until shutdown flushes
     server.start()
@@ -117,8 +120,12 @@ def test_shutdown_drains_in_flight_and_flushes_ledger(fresh_server: ServerProces
                 )
                 return r.status_code
 
+            received = len(upstream.requests)
             tasks = [asyncio.create_task(slow()) for _ in range(3)]
-            await asyncio.sleep(0.5)  # requests are in flight at the upstream
+            deadline = time.monotonic() + 10
+            while len(upstream.requests) < received + 3:  # all three are in flight at the upstream
+                assert time.monotonic() < deadline, "the upstream never got the requests"
+                await asyncio.sleep(0.02)
             stopper = asyncio.get_running_loop().run_in_executor(None, server.stop)
             codes = await asyncio.gather(*tasks)
             assert await stopper == 0

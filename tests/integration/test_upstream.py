@@ -123,7 +123,9 @@ def test_error_after_stream_started_is_an_sse_error_event(server: ServerProcess,
     assert '"error"' in events[-2] and "stand-in broke mid-stream" in events[-2]
 
 
-def _send_and_vanish(server: ServerProcess, key: str, body: bytes) -> None:
+def _send_and_vanish(server: ServerProcess, key: str, body: bytes, upstream: StandInUpstream) -> None:
+    """Send a request, wait until the upstream has it (the gateway waits on the upstream), hang up."""
+    received = len(upstream.requests)
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
@@ -133,7 +135,10 @@ def _send_and_vanish(server: ServerProcess, key: str, body: bytes) -> None:
             + b"\r\n\r\n"
             + body
         )
-        time.sleep(0.6)  # the gateway is now waiting on the upstream
+        deadline = time.monotonic() + 10
+        while len(upstream.requests) == received and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(upstream.requests) > received, "the upstream never got the request"
 
 
 def test_disconnect_cancels_upstream_stream(
@@ -144,6 +149,7 @@ def test_disconnect_cancels_upstream_stream(
         server,
         key,
         b'{"model":"standin-slowstream","stream":true,"messages":[{"role":"user","content":"hi"}]}',
+        upstream,
     )
     deadline = time.time() + 5
     while upstream.abandoned == before and time.time() < deadline:
@@ -151,10 +157,14 @@ def test_disconnect_cancels_upstream_stream(
     assert upstream.abandoned == before + 1  # the gateway dropped its upstream request
 
 
-def test_disconnect_cancels_non_stream_request(server: ServerProcess, key: str) -> None:
-    _send_and_vanish(server, key, b'{"model":"standin-slow-ok","messages":[{"role":"user","content":"hi"}]}')
-    deadline = time.time() + 5
-    while time.time() < deadline:
+def test_disconnect_cancels_non_stream_request(
+    server: ServerProcess, key: str, upstream: StandInUpstream
+) -> None:
+    _send_and_vanish(
+        server, key, b'{"model":"standin-slow-ok","messages":[{"role":"user","content":"hi"}]}', upstream
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
         if '"status":499' in server.log():
             break
         time.sleep(0.05)

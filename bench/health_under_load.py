@@ -382,7 +382,7 @@ def report(targets: list[Target], args: argparse.Namespace, notes: list[str]) ->
         f"distinct {PROMPT_BYTES >> 20} MiB prompts to `/v1/chat/completions` (aiohttp, back to back); "
         f"{args.duration:g} s per target and load in {args.rounds} interleaved round(s); 1 worker each, "
         "default server, nothing pinned. "
-        f"**before** = {before.label if before else '(not run)'}, **after** = {after.label}."
+        f"Targets: **{before.label if before else 'before (not run)'}**, **{after.label}**."
     )
     print()
     print(
@@ -483,7 +483,7 @@ async def run(args: argparse.Namespace) -> int:
             if made.returncode == 0:
                 have_worktree = True
                 rev = git("-C", str(worktree), "rev-parse", "--short", "HEAD").stdout.strip()
-                targets.append(Target("before", f"before: {rev}", worktree / "src"))
+                targets.append(Target("before", f"before ({rev})", worktree / "src"))
             else:
                 notes.append(
                     f"no **before** rows: `git worktree add {args.before}` failed: {made.stderr.strip()}"
@@ -491,7 +491,7 @@ async def run(args: argparse.Namespace) -> int:
         targets.append(
             Target(
                 "after",
-                f"after: working tree at {short}{' + uncommitted changes' if dirty else ''}",
+                f"after (working tree at {short}{' + uncommitted changes' if dirty else ''})",
                 REPO / "src",
             )
         )

@@ -153,37 +153,5 @@ def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-@dataclass(frozen=True)
-class LedgerEntry:
-    request_id: str
-    key_uuid: str | None
-    model: str
-    endpoint: str
-    usage: Usage
-    cost_nano_usd: int
-    status: int
-    latency_ms: float
-    created_ms: int
-
-    def row(self) -> dict[str, Any]:
-        u = self.usage
-        return {
-            "request_id": self.request_id,
-            "key_uuid": self.key_uuid,
-            "model": self.model,
-            "endpoint": self.endpoint,
-            "input_tokens": u.uncached_input_tokens,
-            "output_tokens": u.output_tokens,
-            "cache_read_tokens": u.cache_read_tokens,
-            "cache_write_5m_tokens": u.cache_write_5m_tokens,
-            "cache_write_1h_tokens": u.cache_write_1h_tokens,
-            "cost_nano_usd": self.cost_nano_usd,
-            "status": self.status,
-            "latency_ms": round(self.latency_ms, 3),
-            "estimated": u.estimated,
-            "created_ms": self.created_ms,
-        }
-
-
 def now_ms() -> int:
     return int(time.time() * 1000)

@@ -16,7 +16,9 @@ import orjson
 import psycopg
 import pytest
 
-from infergate.usage import LedgerEntry, Usage
+from infergate.catalog import ModelSpec
+from infergate.metering import Charge, MeteredEntry
+from infergate.usage import Usage
 from tests.conftest import upstream_catalog
 from tests.integration.test_postgres import _admin_connect
 from tests.support.server import ServerProcess
@@ -26,13 +28,13 @@ CHAT = {"model": "standin", "messages": [{"role": "user", "content": "What is th
 
 
 def spilled_row(i: int) -> bytes:
-    entry = LedgerEntry(
-        request_id=f"spilled-{i}",
-        key_uuid=None,
-        model="standin",
-        endpoint="chat.completions",
-        usage=Usage(input_tokens=5, output_tokens=7),
-        cost_nano_usd=19_000,
+    standin = ModelSpec(
+        id="standin", backend="openai", base_url="http://127.0.0.1:9/v1", input_price=1.0, output_price=2.0
+    )
+    entry = MeteredEntry(
+        charge=Charge(standin, f"spilled-{i}", None, "chat.completions", started=0.0),
+        usage=Usage(input_tokens=5, output_tokens=7),  # 5 x 1000 + 7 x 2000 = 19,000 nano-USD
+        estimate=None,
         status=200,
         latency_ms=3.0,
         created_ms=int(time.time() * 1000),

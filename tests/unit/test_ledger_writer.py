@@ -18,12 +18,14 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import OperationalError
 
+from infergate.catalog import ModelSpec
 from infergate.config import normalize_database_url
+from infergate.metering import Charge, MeteredEntry
 from infergate.storage.db import open_database, usage_records
 from infergate.storage.ledger import LedgerRepository
 from infergate.storage.ledger_writer import LedgerWriter
 from infergate.storage.spill import SpillFile
-from infergate.usage import LedgerEntry, Usage
+from infergate.usage import Usage
 
 
 class Clock:
@@ -78,14 +80,15 @@ def db(tmp_path: Path) -> Iterator[Database]:
     engine.dispose()
 
 
-def entry(i: int) -> LedgerEntry:
-    return LedgerEntry(
-        request_id=f"req-{i}",
-        key_uuid=None,
-        model="m",
-        endpoint="chat",
+MODEL = ModelSpec(id="m", backend="openai", base_url="http://127.0.0.1:9/v1", output_price=1000.0)
+
+
+def entry(i: int) -> MeteredEntry:
+    """A metered request: 10 input tokens (free) and i output tokens at 1 nano-USD each."""
+    return MeteredEntry(
+        charge=Charge(MODEL, f"req-{i}", None, "chat", started=0.0),
         usage=Usage(input_tokens=10, output_tokens=i),
-        cost_nano_usd=i,
+        estimate=None,
         status=200,
         latency_ms=1.0,
         created_ms=1_700_000_000_000 + i,
@@ -112,7 +115,7 @@ def test_rows_are_rendered_in_the_writer_thread_and_a_bad_entry_is_dropped_alone
     threads: list[int] = []
 
     class Traced:
-        def __init__(self, inner: LedgerEntry) -> None:
+        def __init__(self, inner: MeteredEntry) -> None:
             self.inner = inner
 
         def row(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Kind = Literal["chat", "image", "tts", "audio", "embedding"]
 Backend = Literal["llama_cpp", "openai", "diffusers", "espeak"]
@@ -52,6 +52,9 @@ class ModelSpec(BaseModel):
     idle_unload: float | None = Field(default=None, gt=0, description="seconds idle before unloading")
     prompt_cache_mb: float = Field(default=256, ge=0, description="saved prompt prefixes in memory (0: off)")
     prompt_cache_disk_mb: float = Field(default=1024, ge=0, description="spill of evicted prefixes (0: none)")
+    # who may reuse a cached prompt prefix: the key that wrote it ("key"), or every key ("global")
+    prompt_cache_scope: Literal["key", "global"] = "key"
+    chat_template: str | None = Field(default=None, description="Jinja chat template instead of the GGUF's")
     # openai-compatible upstreams
     base_url: str | None = Field(default=None, pattern=r"^https?://")
     api_key_env: str | None = None
@@ -71,6 +74,18 @@ class ModelSpec(BaseModel):
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend 'openai' needs base_url")
         return self
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            import jinja2  # llama-cpp-python's dependency; only needed when a template is given
+
+            try:
+                jinja2.Environment().parse(value)
+            except jinja2.TemplateSyntaxError as exc:
+                raise ValueError(f"not a valid Jinja template: {exc.message} (line {exc.lineno})") from None
+        return value
 
     @property
     def upstream_name(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,21 +46,34 @@ def cached_part(text: str, ttl: str = "5m") -> dict[str, Any]:
     return {"type": "text", "text": text, "cache_control": {"type": "ephemeral", "ttl": ttl}}
 
 
-def request(messages: list[dict[str, Any]], **params: Any) -> ChatRequest:
+def request(messages: list[dict[str, Any]], key: str | None = None, **params: Any) -> ChatRequest:
     body = {"model": "m", "messages": messages, "temperature": 0, "max_tokens": 6, **params}
     parsed = ChatCompletionRequest.model_validate(body)
-    return ChatRequest(
-        parsed, body, RequestContext("req-test"), PromptCachePlan.from_messages(parsed.messages)
-    )
+    context = RequestContext("req-test", key_uuid=key)
+    return ChatRequest(parsed, body, context, PromptCachePlan.from_messages(parsed.messages))
 
 
-def explicit(topic: str, question: str = "What is 2+2?", ttl: str = "5m") -> ChatRequest:
+def explicit(
+    topic: str, question: str = "What is 2+2?", ttl: str = "5m", key: str | None = None, **params: Any
+) -> ChatRequest:
     return request(
         [
             {"role": "system", "content": [cached_part(rules(topic), ttl)]},
             {"role": "user", "content": question},
-        ]
+        ],
+        key,
+        **params,
     )
+
+
+def plain(topic: str, key: str | None = None) -> ChatRequest:
+    return request([{"role": "system", "content": rules(topic)}, {"role": "user", "content": "Hello"}], key)
+
+
+async def until(check: Any, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check() and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
 
 
 def make_engine(clock: FakeClock, data_dir: Path | None = None, **kw: Any) -> LlamaCppEngine:
@@ -287,7 +301,8 @@ def test_a_duplicate_waiting_for_the_write_can_be_cancelled(engine: LlamaCppEngi
     async def scenario() -> Usage:
         first = asyncio.create_task(engine.complete(explicit("cancel while waiting")))
         second = asyncio.create_task(engine.complete(explicit("cancel while waiting")))
-        await asyncio.sleep(0.05)  # both submitted: the second waits for the first one's write
+        await until(lambda: bool(engine.scheduler._deferred) or second.done())
+        assert not second.done()  # it waits for the first one's write
         second.cancel()
         with pytest.raises(asyncio.CancelledError):
             await second
@@ -298,3 +313,91 @@ def test_a_duplicate_waiting_for_the_write_can_be_cancelled(engine: LlamaCppEngi
     assert engine.scheduler.busy_sequences == 0  # the cancelled one gave its slot back
     _, again = complete(engine, explicit("cancel while waiting"))
     assert again.cache_read_tokens == written.cache_write_5m_tokens
+
+
+def test_another_key_neither_reads_nor_speeds_up_on_a_cached_prefix(engine: LlamaCppEngine) -> None:
+    scheduler = engine.scheduler
+    _, first = complete(engine, explicit("scoped", key="key-a"))
+    written = first.cache_write_5m_tokens
+    assert written > 300
+    before = scheduler.prompt_tokens_evaluated
+    _, other = complete(engine, explicit("scoped", key="key-b"))  # the slot still holds key-a's prompt
+    assert other.cache_read_tokens == 0 and other.cache_write_5m_tokens == written  # its own entry
+    assert scheduler.prompt_tokens_evaluated - before == other.input_tokens  # all of it evaluated
+    evict_slots(engine)
+    _, own = complete(engine, explicit("scoped", key="key-a"))
+    assert own.cache_read_tokens == written
+
+
+def test_another_key_does_not_reuse_a_slot_holding_a_prompt(engine: LlamaCppEngine) -> None:
+    scheduler = engine.scheduler
+    complete(engine, plain("slot scope", key="key-a"))
+    _, own = complete(engine, plain("slot scope", key="key-a"))
+    assert own.cache_read_tokens > 300  # automatic reuse within the key
+    before = scheduler.prompt_tokens_evaluated
+    _, other = complete(engine, plain("slot scope", key="key-b"))
+    assert other.cache_read_tokens == 0 and scheduler.prompt_tokens_evaluated - before == other.input_tokens
+    assert other.to_chat().get("prompt_tokens_details") is None
+
+
+def test_a_global_prompt_cache_is_shared_across_keys(clock: FakeClock) -> None:
+    eng = make_engine(clock, parallel=1, prompt_cache_scope="global")
+    try:
+        _, first = complete(eng, explicit("global", key="key-a"))
+        _, other = complete(eng, explicit("global", key="key-b"))
+        assert other.cache_read_tokens == first.cache_write_5m_tokens > 300
+        complete(eng, plain("global slot", key="key-a"))
+        before = eng.scheduler.prompt_tokens_evaluated
+        _, reused = complete(eng, plain("global slot", key="key-b"))
+        assert reused.cache_read_tokens > 300
+        assert (
+            eng.scheduler.prompt_tokens_evaluated - before == reused.input_tokens - reused.cache_read_tokens
+        )
+    finally:
+        asyncio.run(eng.close())
+
+
+def test_usage_rule_automatic_reuse_openai_shape_breakpoints_document_shape(engine: LlamaCppEngine) -> None:
+    complete(engine, plain("usage rule"))
+    auto = plain("usage rule")
+    _, reused = complete(engine, auto)
+    assert not reused.cache_control and reused.cache_read_tokens > 300
+    chat = reused.to_chat()
+    assert chat["prompt_tokens"] == reused.input_tokens  # counts all, cached included
+    assert chat["prompt_tokens_details"] == {"cached_tokens": reused.cache_read_tokens}
+    assert "cache_read_input_tokens" not in chat and "cache_creation" not in chat
+    live = auto.context.usage
+    assert (live.cache_control, live.cache_read_tokens, live.input_tokens) == (
+        False,
+        reused.cache_read_tokens,
+        reused.input_tokens,
+    )
+
+    marked = explicit("usage rule")
+    _, cached = complete(engine, marked)
+    doc = cached.to_chat()
+    assert cached.cache_control and set(doc) == SEED_CACHE_USAGE_FIELDS
+    assert (
+        doc["prompt_tokens"] == cached.input_tokens - cached.cache_write_5m_tokens - cached.cache_read_tokens
+    )
+    live = marked.context.usage
+    assert live.cache_control and live.cache_write_5m_tokens == cached.cache_write_5m_tokens > 300
+
+
+def test_a_cut_request_keeps_the_cache_writes_it_made(engine: LlamaCppEngine) -> None:
+    req = explicit("cut after write", max_tokens=400, temperature=1.0, seed=1)
+
+    async def cut() -> None:
+        task = asyncio.create_task(engine.complete(req))
+        await until(lambda: req.context.usage.output_tokens >= 2 or task.done())
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cut())
+    live = req.context.usage
+    assert live.cache_control and live.cache_write_5m_tokens > 300 and live.cache_read_tokens == 0
+    assert live.input_tokens > live.cache_write_5m_tokens and live.output_tokens >= 2
+    _, again = complete(engine, explicit("cut after write"))
+    assert again.cache_read_tokens == live.cache_write_5m_tokens  # the write was real

@@ -59,15 +59,3 @@ class PromptCachePlan:
                 code="too_many_cache_breakpoints",
             )
         return cls(tuple(found))
-
-
-def split_prefix_tokens(boundaries: list[int], ttls: list[Ttl], read_upto: int) -> dict[Ttl, int]:
-    """Tokens written per TTL class: each breakpoint writes the tokens between the previous
-    boundary (or what was read from the cache) and its own; what was read is not written again."""
-    written: dict[Ttl, int] = {"5m": 0, "1h": 0}
-    start = read_upto
-    for boundary, ttl in sorted(zip(boundaries, ttls, strict=True)):
-        if boundary > start:
-            written[ttl] += boundary - start
-            start = boundary
-    return written

@@ -1,9 +1,10 @@
 """Local chat models served with llama.cpp (llama-cpp-python's low-level API).
 
-`LlamaCppEngine` turns a validated chat request into a scheduler job (see llama_scheduler.py:
-one worker thread per model, continuous batching over `spec.parallel` KV slots) and renders the
+`LlamaCppEngine` turns a validated chat request into a scheduler job (see scheduler.py: one
+worker thread per model, continuous batching over `spec.parallel` KV slots) and renders the
 job's events as an OpenAI chat.completion or as chat.completion.chunk dicts. Nothing here blocks
-the event loop: all llama.cpp calls run on the model's worker thread.
+the event loop: all llama.cpp calls run on the model's worker thread. As events arrive, the
+request's live `context.usage` is kept current, so a request cut short is billed for what it used.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import llama_cpp as L
 
 from infergate.cache.store import Clock, KVStateStore
 from infergate.catalog import ModelSpec
-from infergate.engines.base import ChatEngine, ChatRequest, ChatResult
+from infergate.engines.base import ChatEngine, ChatRequest, ChatResult, RequestContext
 from infergate.engines.llama.jobs import Cached, Delta, Done, Event, Failed, Job, Started
 from infergate.engines.llama.prefix import CacheUsage, PrefixCache
 from infergate.engines.llama.prompt import ToolPlan, chat_messages, parse_tool_call, plan_tools
@@ -121,6 +122,30 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def cache_scope(spec: ModelSpec, context: RequestContext) -> str:
+    """Whose cached prefixes a request may reuse: its key's only, unless the cache is global."""
+    return "*" if spec.prompt_cache_scope == "global" else f"key:{context.key_uuid or ''}"
+
+
+def _account(usage: Usage, events: list[Event]) -> None:
+    """Add what the events report to the request's live usage."""
+    for ev in events:
+        if isinstance(ev, Delta):
+            usage.output_tokens += ev.tokens
+        elif isinstance(ev, Started):
+            usage.input_tokens = ev.prompt_tokens
+        elif isinstance(ev, Cached):
+            usage.cache_read_tokens = ev.usage.read
+            usage.cache_write_5m_tokens = ev.usage.write_5m
+            usage.cache_write_1h_tokens = ev.usage.write_1h
+
+
+def _drain(queue: asyncio.Queue[list[Event]], usage: Usage) -> None:
+    """Account events delivered but not read (the request ends early)."""
+    while not queue.empty():
+        _account(usage, queue.get_nowait())
+
+
 def _usage(prompt_tokens: int, done: dict[int, Done], cache: CacheUsage | None, explicit: bool) -> Usage:
     cache = cache or CacheUsage()
     return Usage(
@@ -135,6 +160,8 @@ def _usage(prompt_tokens: int, done: dict[int, Done], cache: CacheUsage | None, 
 
 class LlamaCppEngine(ChatEngine):
     """A GGUF chat model. API: start(), close(), readiness(), complete(), stream()."""
+
+    live_usage = True  # request.context.usage is kept current as the prompt and the output run
 
     def __init__(self, spec: ModelSpec, data_dir: Path | None = None, clock: Clock = time.monotonic) -> None:
         super().__init__(spec, data_dir)
@@ -192,6 +219,7 @@ class LlamaCppEngine(ChatEngine):
             loop.call_soon_threadsafe(queue.put_nowait, events)
 
         breakpoints = request.cache_plan.breakpoints
+        request.context.usage.cache_control = bool(breakpoints)
         job = Job(
             messages=chat_messages(params, plan, breakpoints),
             n=params.n,
@@ -200,6 +228,7 @@ class LlamaCppEngine(ChatEngine):
             sampling=sampling,
             deliver=deliver,
             cache_ttls=[bp.ttl for bp in breakpoints],
+            scope=cache_scope(self.spec, request.context),
         )
         self.scheduler.submit(job)
         return job, queue, plan
@@ -224,9 +253,12 @@ class LlamaCppEngine(ChatEngine):
         done: dict[int, Done] = {}
         prompt_tokens = 0
         cache: CacheUsage | None = None
+        live = request.context.usage
         try:
             while len(done) < n:
-                for ev in await queue.get():
+                events = await queue.get()
+                _account(live, events)
+                for ev in events:
                     if isinstance(ev, Delta):
                         texts[ev.index].append(ev.text)
                         if ev.logprobs:
@@ -242,6 +274,7 @@ class LlamaCppEngine(ChatEngine):
         finally:
             if len(done) < n:  # cancelled (client gone) or failed: free the slots now
                 self.scheduler.cancel(job)
+                _drain(queue, live)
         choices = []
         for i in range(n):
             text, finish = "".join(texts[i]), done[i].finish_reason
@@ -271,6 +304,7 @@ class LlamaCppEngine(ChatEngine):
         done: dict[int, Done] = {}
         prompt_tokens = 0
         cache: CacheUsage | None = None
+        live = request.context.usage
 
         def chunk(
             index: int,
@@ -292,9 +326,12 @@ class LlamaCppEngine(ChatEngine):
         try:
             while len(done) < job.n:
                 out: list[dict[str, Any]] = []
-                for ev in await queue.get():
+                events = await queue.get()
+                _account(live, events)
+                for ev in events:
                     if isinstance(ev, Delta):
-                        out.extend(self._stream_delta(states[ev.index], ev, chunk))
+                        if ev.text:
+                            out.extend(self._stream_delta(states[ev.index], ev, chunk))
                     elif isinstance(ev, Cached):
                         cache = ev.usage
                     elif isinstance(ev, Started):
@@ -313,6 +350,7 @@ class LlamaCppEngine(ChatEngine):
         finally:
             if len(done) < job.n:
                 self.scheduler.cancel(job)
+                _drain(queue, live)
         yield _usage(prompt_tokens, done, cache, job.explicit_cache)
 
     @staticmethod

@@ -22,9 +22,13 @@ class Started:
 
 @dataclass(slots=True)
 class Delta:
+    """New text of choice `index` and the output tokens generated since its previous Delta (the
+    text may be empty: tokens held back, e.g. a possible stop sequence, are still counted)."""
+
     index: int
     text: str
     logprobs: list[dict[str, Any]] | None
+    tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -36,7 +40,8 @@ class Done:
 
 @dataclass(slots=True)
 class Cached:
-    """Prompt-cache usage of the job, sent once its prompt is evaluated (before any Delta)."""
+    """Prompt-cache usage of the job so far: the read when a slot is given, again after each
+    breakpoint write, and the whole once its prompt is evaluated (before any Delta)."""
 
     usage: CacheUsage
 
@@ -60,6 +65,7 @@ class Job:
     sampling: SamplingOptions
     deliver: Callable[[list[Event]], None]
     cache_ttls: list[Ttl] = field(default_factory=list)  # ttl of breakpoint k (marked in messages)
+    scope: str = ""  # who may reuse its cached prefixes (slots and saved states): see engine.cache_scope
     cancelled: bool = False
     prompt: list[int] | None = None
     boundaries: list[tuple[int, Ttl]] = field(default_factory=list)  # breakpoint token counts

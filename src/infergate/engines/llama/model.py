@@ -14,11 +14,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import jinja2
 import llama_cpp as L
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from infergate.engines.llama.prompt import CHATML_TEMPLATE
 from infergate.engines.llama.sampling import token_logprobs
+from infergate.errors import InvalidRequest
 
 log = logging.getLogger("infergate.engines.llama.engine")
 
@@ -71,7 +73,9 @@ def _release_weights(path: str) -> None:
 class LoadedModel:
     """Weights + context + batch of one engine. Not thread-safe: the worker thread owns it."""
 
-    def __init__(self, path: str, n_ctx: int, parallel: int, threads: int) -> None:
+    def __init__(
+        self, path: str, n_ctx: int, parallel: int, threads: int, chat_template: str | None = None
+    ) -> None:
         self.path = path
         self.model = _acquire_weights(path)
         self.ctx: Any = None
@@ -97,7 +101,7 @@ class LoadedModel:
             self.bos_text = self._special_text(L.llama_vocab_bos(self.vocab))
             self.eos_text = self._special_text(L.llama_vocab_eos(self.vocab))
             raw = L.llama_model_chat_template(self.model, None)
-            template = raw.decode("utf-8", errors="replace") if raw else CHATML_TEMPLATE
+            template = chat_template or (raw.decode("utf-8", errors="replace") if raw else CHATML_TEMPLATE)
             eos = int(L.llama_vocab_eos(self.vocab))
             self.formatter = Jinja2ChatFormatter(
                 template=template, eos_token=self.eos_text, bos_token=self.bos_text, stop_token_ids=[eos]
@@ -115,19 +119,27 @@ class LoadedModel:
         return L.llama_vocab_get_text(self.vocab, token).decode("utf-8", errors="replace")
 
     def render(self, messages: list[dict[str, str]]) -> str:
-        return self.formatter(messages=messages).prompt
+        """The chat template applied to the messages. A template that refuses them (its own
+        `raise_exception`, e.g. for a role order it does not support) is the client's 400."""
+        try:
+            return self.formatter(messages=messages).prompt
+        except (ValueError, TypeError, jinja2.TemplateError) as exc:
+            raise InvalidRequest(
+                f"the chat template of this model rejected the messages: {exc}", param="messages"
+            ) from None
 
-    def tokenize(self, text: str, bos: bool = True) -> list[int]:
-        """Tokens of `text` (special tokens parsed); `bos=False` for a piece that continues a prompt."""
+    def tokenize(self, text: str, bos: bool = True, special: bool = True) -> list[int]:
+        """Tokens of `text`; `bos=False` for a piece that continues a prompt. `special=False` for
+        text from the client: a control-token string in it stays text."""
         data = text.encode("utf-8")
-        add_bos = bos and self.add_bos and not (self.bos_text and text.startswith(self.bos_text))
+        add_bos = bos and self.add_bos and not (special and self.bos_text and text.startswith(self.bos_text))
         cap = len(data) + 8
         buf = (L.llama_token * cap)()
-        n = L.llama_tokenize(self.vocab, data, len(data), buf, cap, add_bos, True)
+        n = L.llama_tokenize(self.vocab, data, len(data), buf, cap, add_bos, special)
         if n < 0:
             cap = -n
             buf = (L.llama_token * cap)()
-            n = L.llama_tokenize(self.vocab, data, len(data), buf, cap, add_bos, True)
+            n = L.llama_tokenize(self.vocab, data, len(data), buf, cap, add_bos, special)
         return list(buf[:n])
 
     def piece(self, token: int) -> bytes:

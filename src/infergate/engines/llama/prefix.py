@@ -19,12 +19,15 @@ import ctypes
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp as L
 
 from infergate.cache.plan import TTL_SECONDS, Ttl
 from infergate.cache.store import CacheEntry, KVStateStore, prefix_key
+
+if TYPE_CHECKING:
+    from infergate.engines.llama.model import LoadedModel
 
 log = logging.getLogger("infergate.engines.llama.engine")
 
@@ -70,8 +73,8 @@ class PrefixCache:
         self.model_id = model_id
         self.store = store
 
-    def key(self, prompt: Sequence[int], n_tokens: int) -> str:
-        return prefix_key(self.model_id, prompt[:n_tokens])
+    def key(self, prompt: Sequence[int], n_tokens: int, scope: str) -> str:
+        return prefix_key(self.model_id, prompt[:n_tokens], scope)
 
     def plan(
         self,
@@ -80,8 +83,10 @@ class PrefixCache:
         slot_reuse: int,
         explicit: bool,
         writing: set[str],
+        scope: str,
     ) -> PrefixPlan | None:
-        """How to start `prompt` in a slot already holding its first `slot_reuse` tokens.
+        """How to start `prompt` in a slot already holding its first `slot_reuse` tokens. Only
+        entries written in the same `scope` (the key, or "" when the cache is global) are read.
 
         None means wait: another sequence is writing a prefix this one would write too (single
         flight: concurrent identical requests create an entry once, then read it).
@@ -91,7 +96,7 @@ class PrefixCache:
         for n, ttl in boundaries:
             if 0 < n <= limit and (ttl_of.get(n) != "1h"):
                 ttl_of[n] = ttl
-        keys = {n: self.key(prompt, n) for n in ttl_of}
+        keys = {n: self.key(prompt, n, scope) for n in ttl_of}
         store = self.store
 
         live: list[int] = []
@@ -110,7 +115,7 @@ class PrefixCache:
                 break
             if n > limit:
                 continue
-            key = keys.get(n) or self.key(prompt, n)
+            key = keys.get(n) or self.key(prompt, n, scope)
             entry = store.get(key) if store.contains(key) else None
             if entry is not None:
                 restore, n_past = entry, n
@@ -146,6 +151,7 @@ class PrefixCache:
         boundaries: list[tuple[int, Ttl]],
         explicit: bool,
         writing: set[str],
+        scope: str,
     ) -> tuple[PrefixPlan, int]:
         """Make the sequence hold the prompt's first tokens as planned: (plan, tokens held). A
         saved state that will not load is dropped from the store and the plan made again for an
@@ -155,7 +161,7 @@ class PrefixCache:
             return plan, n_past
         if plan.restore is not None:
             self.store.discard(plan.restore.key)
-        retry = self.plan(prompt, boundaries, 0, explicit, writing) or PrefixPlan(None, 0)
+        retry = self.plan(prompt, boundaries, 0, explicit, writing, scope) or PrefixPlan(None, 0)
         n_past = self._place(model, seq_id, retry)
         return (retry, n_past) if n_past >= 0 else (PrefixPlan(None, 0), 0)
 

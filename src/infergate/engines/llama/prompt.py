@@ -31,42 +31,71 @@ class Renderer(Protocol):
 
     def render(self, messages: list[dict[str, str]]) -> str: ...
 
-    def tokenize(self, text: str, bos: bool = True) -> list[int]: ...
+    def tokenize(self, text: str, bos: bool = True, special: bool = True) -> list[int]: ...
 
 
-MARK = "\U000ffffd"  # a noncharacter: never in real text, passed through by Jinja templates
-_MARK_RE = re.compile(MARK + r"(\d+)" + MARK)
+# Noncharacters (never in real text, passed through by Jinja templates) that mark the rendered
+# prompt: client text spans (tokenized as plain text, so `<|im_start|>` typed by a client stays
+# text) and cache_control breakpoints (exact token boundaries). Client text never carries them.
+MARK = "\U000ffffd"
+OPEN = "\U000ffffe"
+CLOSE = "\U000fffff"
+_MARK_RE = re.compile(f"{OPEN}|{CLOSE}|{MARK}(\\d+){MARK}|{MARK}")
+_UNMARK = str.maketrans({MARK: "\ufffd", OPEN: "\ufffd", CLOSE: "\ufffd"})
 
 
 def breakpoint_mark(index: int) -> str:
     return f"{MARK}{index}{MARK}"
 
 
-def split_marked(text: str) -> tuple[list[str], list[int]]:
-    """Rendered prompt -> text pieces and the breakpoint index found after each piece but the last."""
-    pieces: list[str] = []
-    order: list[int] = []
+def client_text(text: str) -> str:
+    """Text from the request, stripped of anything that would read as one of our marks."""
+    return text.translate(_UNMARK)
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    text: str
+    client: bool  # client text: no special-token parsing
+    breakpoint: int | None = None  # index of the breakpoint right after this piece
+
+
+def split_marked(text: str) -> list[Piece]:
+    """Rendered prompt -> pieces of template text and client text, with the breakpoints.
+
+    Fails closed: a span end without a start (a template that rewrote the message) makes the text
+    since the previous mark client text; a start without an end makes the rest client text."""
+    pieces: list[Piece] = []
+    client = False
     start = 0
     for found in _MARK_RE.finditer(text):
-        pieces.append(text[start : found.start()])
-        order.append(int(found.group(1)))
+        piece, mark = text[start : found.start()], found.group(0)
+        if mark == OPEN:
+            pieces.append(Piece(piece, client))
+            client = True
+        elif mark == CLOSE:
+            pieces.append(Piece(piece, True))
+            client = False
+        else:
+            index = found.group(1)
+            pieces.append(Piece(piece, client, None if index is None else int(index)))
         start = found.end()
-    pieces.append(text[start:].replace(MARK, ""))
-    return pieces, order
+    pieces.append(Piece(text[start:], client))
+    return pieces
 
 
 def tokenize_marked(
     model: Renderer, messages: list[dict[str, str]], ttls: list[Ttl]
 ) -> tuple[list[int], list[tuple[int, Ttl]]]:
-    """Render the chat and tokenize it piece by piece between breakpoint marks: the tokens, and
-    for each breakpoint the number of tokens up to it with its ttl."""
-    pieces, order = split_marked(model.render(messages))
+    """Render the chat and tokenize it piece by piece (client text without special tokens): the
+    tokens, and for each breakpoint the number of tokens up to it with its ttl."""
     tokens: list[int] = []
     boundaries: list[tuple[int, Ttl]] = []
-    for i, piece in enumerate(pieces):
-        tokens += model.tokenize(piece, bos=(i == 0))
-        if i < len(order) and order[i] < len(ttls):
-            boundaries.append((len(tokens), ttls[order[i]]))
+    for i, piece in enumerate(split_marked(model.render(messages))):
+        if piece.text or i == 0:
+            tokens += model.tokenize(piece.text, bos=(i == 0), special=not piece.client)
+        if piece.breakpoint is not None and piece.breakpoint < len(ttls):
+            boundaries.append((len(tokens), ttls[piece.breakpoint]))
     return tokens, boundaries
 
 
@@ -130,12 +159,12 @@ def _marked_text(msg: Message, marks: dict[int, int]) -> str:
     """The message's text with a breakpoint mark after each part that carries cache_control."""
     content = msg.content
     if not marks or content is None or isinstance(content, str):
-        return msg.text()
+        return client_text(msg.text())
     parts = content if isinstance(content, list) else [content]
     out: list[str] = []
     for index, part in enumerate(parts):
         if isinstance(part, TextPart):
-            out.append(part.text)
+            out.append(client_text(part.text))
         if index in marks:
             out.append(breakpoint_mark(marks[index]))
     return "".join(out)
@@ -146,7 +175,8 @@ def chat_messages(
 ) -> list[dict[str, str]]:
     """The request's messages as plain {role, content} dicts a Jinja chat template can render.
 
-    Breakpoint k (cache_control) leaves `breakpoint_mark(k)` right after its part's text.
+    Each content is one client text span (OPEN ... CLOSE); breakpoint k (cache_control) leaves
+    `breakpoint_mark(k)` right after its part's text.
     """
     marks: dict[int, dict[int, int]] = {}
     for k, bp in enumerate(breakpoints):
@@ -162,16 +192,17 @@ def chat_messages(
                     args: Any = json.loads(call.function.arguments)
                 except ValueError:
                     args = call.function.arguments
-                calls.append(json.dumps({"name": call.function.name, "arguments": args}, ensure_ascii=False))
+                call_json = json.dumps({"name": call.function.name, "arguments": args}, ensure_ascii=False)
+                calls.append(client_text(call_json))
             text = "\n".join([text, *calls]) if text else "\n".join(calls)
         out.append({"role": role, "content": text})
     if plan.mode != "none":
-        instructions = _tool_instructions(plan)
+        instructions = client_text(_tool_instructions(plan))
         if out and out[0]["role"] == "system":
             out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{instructions}"}
         else:
             out.insert(0, {"role": "system", "content": instructions})
-    return out
+    return [{"role": m["role"], "content": f"{OPEN}{m['content']}{CLOSE}"} for m in out]
 
 
 def parse_tool_call(text: str, plan: ToolPlan) -> tuple[str, str] | None:

@@ -1,14 +1,14 @@
 """Continuous-batching scheduler of the llama.cpp engine: one worker thread per model, while busy
-(thread life in llama_worker.py).
+(thread life in worker.py).
 
 Requests (jobs, one sequence per choice) wait in a FIFO and are admitted into `parallel` KV
 slots. Every step builds one llama_batch holding the next token of each decoding sequence plus
 prompt chunks of newly admitted ones (decoders first, so a long prompt never stalls them for more
 than one chunk), runs one llama_decode and samples every sequence that produced logits. Events go
 back to each request's asyncio queue once per step. A finished slot keeps its KV cells, so a new
-prompt sharing a prefix (multi-turn chat) only evaluates the rest; with a `PrefixCache`, saved
-prefix states are restored into a slot and breakpoint prefixes are saved as prefill reaches them
-(see llama_prefix.py).
+prompt of the same scope sharing a prefix (multi-turn chat) only evaluates the rest (slots.py);
+with a `PrefixCache`, saved prefix states are restored into a slot and breakpoint prefixes are
+saved as prefill reaches them (see prefix.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import replace
 
 import llama_cpp as L
 import numpy as np
@@ -26,45 +26,15 @@ import numpy as np
 from infergate.catalog import ModelSpec
 from infergate.engines.llama.jobs import Cached, Delta, Done, Event, Failed, Job, Started
 from infergate.engines.llama.model import N_BATCH, LoadedModel
-from infergate.engines.llama.prefix import CacheUsage, PrefixCache, PrefixPlan, PrefixWrite
+from infergate.engines.llama.prefix import CacheUsage, PrefixCache, PrefixPlan
 from infergate.engines.llama.prompt import tokenize_marked
 from infergate.engines.llama.sampling import SamplingOptions, SeqSampler
+from infergate.engines.llama.slots import Seq, Slot, pick_slot
 from infergate.engines.llama.text import ChoiceText
 from infergate.engines.llama.worker import OnDemandWorker
 from infergate.errors import InfergateError, InvalidRequest, RateLimited, Unavailable
 
 log = logging.getLogger("infergate.engines.llama.engine")
-
-
-@dataclass(eq=False, slots=True)
-class _Slot:
-    seq_id: int
-    cached: list[int] = field(default_factory=list)  # tokens whose KV cells the slot holds
-    busy: bool = False
-
-
-@dataclass(eq=False, slots=True)
-class _Seq:
-    job: Job
-    index: int
-    slot: _Slot
-    sampler: SeqSampler
-    tokens: list[int]
-    n_past: int
-    max_new: int
-    started: float
-    out: ChoiceText
-    n_gen: int = 0
-    writes: list[PrefixWrite] = field(default_factory=list)  # prefixes to save during prefill
-    accounting: bool = False  # this choice reports the job's prompt-cache usage
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
-    return int(diff[0]) if diff.size else n
 
 
 class Scheduler(OnDemandWorker):
@@ -80,14 +50,15 @@ class Scheduler(OnDemandWorker):
         self._queued = 0  # sequences waiting for a slot
         self._running = 0  # sequences holding a slot
         self._model: LoadedModel | None = None
-        self._slots: list[_Slot] = []
-        self._active: list[_Seq] = []
+        self._slots: list[Slot] = []
+        self._active: list[Seq] = []
         self._outbox: dict[Job, list[Event]] = {}
         self._seq_seconds = 2.0  # running mean of a sequence's lifetime, for Retry-After
         self.state = "not started"
         self.error: str | None = None
         self.generated_tokens = 0  # total sampled tokens (tests and metrics watch it)
         self.prompt_tokens_evaluated = 0  # prompt tokens run through llama_decode (not reused)
+        self.loads = 0  # times the weights were loaded (start and reloads after idle unload)
         self.loaded = threading.Event()
 
     # ---- called from the event loop -------------------------------------------------------
@@ -125,12 +96,6 @@ class Scheduler(OnDemandWorker):
     def _has_work(self) -> bool:
         return bool(self._waiting or self._active or self._deferred)
 
-    def _take_work(self) -> list[tuple[Job, int]]:
-        return self._pick_admissions()
-
-    def _do_work(self, work: list[tuple[Job, int]]) -> None:
-        self._serve(work)
-
     def _load(self) -> None:
         self._ensure_loaded()
 
@@ -144,7 +109,7 @@ class Scheduler(OnDemandWorker):
     def _crashed(self, error: BaseException) -> None:
         self._fail_all(InfergateError(f"the worker of model '{self.spec.id}' failed: {error}"))
 
-    def _pick_admissions(self) -> list[tuple[Job, int]]:
+    def _take_work(self) -> list[tuple[Job, int]]:
         """FIFO: hand free slots to the oldest waiting choices (caller holds the lock)."""
         picks: list[tuple[Job, int]] = []
         free = self.parallel - len(self._active) - len(self._deferred)
@@ -158,7 +123,8 @@ class Scheduler(OnDemandWorker):
                 self._waiting.popleft()
         return picks
 
-    def _serve(self, picks: list[tuple[Job, int]]) -> None:
+    def _do_work(self, picks: list[tuple[Job, int]]) -> None:
+        """One step: admit the picked choices (and deferred ones), then decode."""
         admissions, self._deferred = self._deferred + picks, []
         if admissions:
             try:
@@ -187,12 +153,15 @@ class Scheduler(OnDemandWorker):
         self.state = "loading" if self.state in ("not started", "loading", "failed") else "reloading"
         started = time.monotonic()
         try:
-            self._model = LoadedModel(self.spec.path, self.spec.n_ctx, self.parallel, self.threads)
+            self._model = LoadedModel(
+                self.spec.path, self.spec.n_ctx, self.parallel, self.threads, self.spec.chat_template
+            )
         except Exception as exc:
             self.state, self.error = "failed", str(exc)
             log.error("model '%s': %s", self.spec.id, exc)
             raise
-        self._slots = [_Slot(i) for i in range(self.parallel)]
+        self._slots = [Slot(i) for i in range(self.parallel)]
+        self.loads += 1
         self.state, self.error = "ready", None
         self.loaded.set()
         log.info(
@@ -219,13 +188,13 @@ class Scheduler(OnDemandWorker):
             return
         prompt = job.prompt
         assert prompt is not None
-        slot, common = max(
-            ((s, _common_prefix(s.cached, prompt)) for s in self._slots if not s.busy), key=lambda sc: sc[1]
-        )
+        slot, common = pick_slot(self._slots, prompt, job.scope)
         slot_reuse = min(common, len(prompt) - 1)
         plan: PrefixPlan | None = None
         if self.prefix is not None:
-            plan = self.prefix.plan(prompt, job.boundaries, slot_reuse, job.explicit_cache, self._writing)
+            plan = self.prefix.plan(
+                prompt, job.boundaries, slot_reuse, job.explicit_cache, self._writing, job.scope
+            )
             if plan is None:  # an identical prefix is being saved by another sequence: read it after
                 self._deferred.append((job, index))
                 return
@@ -242,13 +211,13 @@ class Scheduler(OnDemandWorker):
             n_past = model.drop_kv(slot.seq_id, slot_reuse)
         else:
             plan, n_past = self.prefix.apply(
-                model, slot.seq_id, plan, prompt, job.boundaries, job.explicit_cache, self._writing
+                model, slot.seq_id, plan, prompt, job.boundaries, job.explicit_cache, self._writing, job.scope
             )
-        slot.busy, slot.cached = True, []
+        slot.busy, slot.cached, slot.owner = True, [], job.scope
         room = model.n_ctx_seq - len(prompt)
         max_new = room if job.max_tokens is None else min(job.max_tokens, room)
         out = ChoiceText(job.stop, job.sampling.logprobs)
-        seq = _Seq(job, index, slot, sampler, list(prompt), n_past, max_new, time.monotonic(), out)
+        seq = Seq(job, index, slot, sampler, list(prompt), n_past, max_new, time.monotonic(), out)
         if plan is not None:
             seq.writes = list(plan.writes)
             self._writing.update(w.key for w in plan.writes)
@@ -256,6 +225,8 @@ class Scheduler(OnDemandWorker):
             explicit = plan is not None and job.explicit_cache
             job.cache_usage = plan.usage if explicit and plan is not None else CacheUsage(read=n_past)
             seq.accounting = True
+            seq.cache_done = CacheUsage(read=job.cache_usage.read)  # writes count once done
+            self._emit(job, Cached(replace(seq.cache_done)))
         self._active.append(seq)
         self._save_due(seq)
 
@@ -272,16 +243,20 @@ class Scheduler(OnDemandWorker):
         job.prompt = tokens
         self._emit(job, Started(len(tokens)))
 
-    def _save_due(self, seq: _Seq) -> None:
+    def _save_due(self, seq: Seq) -> None:
         """Save the breakpoint prefixes the sequence has just reached."""
         model, prefix = self._model, self.prefix
         while seq.writes and seq.writes[0].n_tokens == seq.n_past:
             assert model is not None and prefix is not None
             write = seq.writes.pop(0)
             self._writing.discard(write.key)
-            usage = seq.job.cache_usage
-            if not prefix.save(model.ctx, seq.slot.seq_id, write) and seq.accounting and usage is not None:
+            usage, done = seq.job.cache_usage, seq.cache_done
+            saved = prefix.save(model.ctx, seq.slot.seq_id, write)
+            if not saved and seq.accounting and usage is not None:
                 usage.add_write(write.ttl, -write.billed)  # not cached after all: billed as input
+            elif saved and done is not None:  # a write done is billed even if the request ends now
+                done.add_write(write.ttl, write.billed)
+                self._emit(seq.job, Cached(replace(done)))
 
     def _step(self) -> None:
         model = self._model
@@ -291,7 +266,7 @@ class Scheduler(OnDemandWorker):
         pos = np.ctypeslib.as_array(batch.pos, shape=(N_BATCH,))
         want = np.ctypeslib.as_array(batch.logits, shape=(N_BATCH,))
         n = 0
-        fed: list[tuple[_Seq, int, int]] = []  # (sequence, tokens fed, logits index or -1)
+        fed: list[tuple[Seq, int, int]] = []  # (sequence, tokens fed, logits index or -1)
         decoding = [s for s in self._active if len(s.tokens) - s.n_past == 1]
         prefilling = [s for s in self._active if len(s.tokens) - s.n_past > 1]
         for seq in decoding + prefilling:
@@ -330,11 +305,11 @@ class Scheduler(OnDemandWorker):
             if idx >= 0:
                 if seq.accounting and seq.job.cache_usage is not None:
                     seq.accounting = False
-                    self._emit(seq.job, Cached(seq.job.cache_usage))
+                    self._emit(seq.job, Cached(replace(seq.job.cache_usage)))
                 token = seq.sampler.sample(model.ctx, idx)
                 self._on_token(seq, token, idx)
 
-    def _on_token(self, seq: _Seq, token: int, idx: int) -> None:
+    def _on_token(self, seq: Seq, token: int, idx: int) -> None:
         model = self._model
         assert model is not None
         self.generated_tokens += 1
@@ -353,19 +328,23 @@ class Scheduler(OnDemandWorker):
         else:
             self._send_text(seq)
 
-    def _send_text(self, seq: _Seq, final: bool = False) -> None:
+    def _send_text(self, seq: Seq, final: bool = False) -> None:
+        """Text ready to go and the tokens generated since the last Delta (even if held back)."""
         out = seq.out.take(final)
-        if out is not None:
-            self._emit(seq.job, Delta(seq.index, out[0], out[1]))
+        new = seq.n_gen - seq.reported
+        if out is not None or new:
+            seq.reported = seq.n_gen
+            text, logprobs = out if out is not None else ("", None)
+            self._emit(seq.job, Delta(seq.index, text, logprobs, new))
 
-    def _finish(self, seq: _Seq, reason: str) -> None:
+    def _finish(self, seq: Seq, reason: str) -> None:
         self._send_text(seq, final=True)
         self._emit(seq.job, Done(seq.index, reason, seq.n_gen))
         elapsed = time.monotonic() - seq.started
         self._seq_seconds = 0.9 * self._seq_seconds + 0.1 * elapsed
         self._retire(seq)
 
-    def _retire(self, seq: _Seq) -> None:
+    def _retire(self, seq: Seq) -> None:
         self._writing.difference_update(w.key for w in seq.writes)
         seq.sampler.close()
         seq.slot.cached = seq.tokens[: seq.n_past]

@@ -155,7 +155,10 @@ class GatewayMiddleware:
         await send({"type": "http.response.body", "body": body})
 
     def _finish(self, scope: Scope, start: float, status: int, request_id: str) -> None:
+        """Metrics and the access-log line. An endpoint whose wire status is a compatibility quirk
+        (pydo's 410 create) records what really happened in `state["outcome_status"]`."""
         elapsed = time.perf_counter() - start
+        status = scope.get("state", {}).get("outcome_status", status)
         route_path = route_label(scope)
         count_request(route_path, scope["method"], status, elapsed)
         if scope["path"] in PASSTHROUGH_PATHS:

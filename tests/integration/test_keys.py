@@ -136,6 +136,11 @@ def test_pydo_create_is_logged_and_counted_as_a_create(server: ServerProcess) ->
         assert time.monotonic() < deadline, server.log()[-2000:]
         time.sleep(0.02)
     assert info["secret_key"] not in server.log()
+    rid = r.headers["x-request-id"]
+    access = f'"request_id":"{rid}","method":"POST","path":"/v2/gen-ai/models/api_keys","status":200'
+    while access not in server.log():  # the access log (and the request metric) count a 200 create
+        assert time.monotonic() < deadline, server.log()[-2000:]
+        time.sleep(0.02)
     assert chat_status(server, info["secret_key"]) == 200  # the key works: it was a create
 
 

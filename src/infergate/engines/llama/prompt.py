@@ -99,6 +99,20 @@ def tokenize_marked(
     return tokens, boundaries
 
 
+def prompt_tokens(
+    model: Renderer, messages: list[dict[str, str]], ttls: list[Ttl], n_ctx: int
+) -> tuple[list[int], list[tuple[int, Ttl]]]:
+    """`tokenize_marked`, refused (400) when the prompt leaves no room in the context window."""
+    tokens, boundaries = tokenize_marked(model, messages, ttls)
+    if len(tokens) >= n_ctx:
+        raise InvalidRequest(
+            f"the prompt is {len(tokens)} tokens; this model's context window is {n_ctx} tokens",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    return tokens, boundaries
+
+
 @dataclass
 class ToolPlan:
     mode: Literal["none", "auto", "required"] = "none"

@@ -27,12 +27,12 @@ from infergate.catalog import ModelSpec
 from infergate.engines.llama.jobs import Cached, Delta, Done, Event, Failed, Job, Started
 from infergate.engines.llama.model import N_BATCH, LoadedModel
 from infergate.engines.llama.prefix import CacheUsage, PrefixCache, PrefixPlan
-from infergate.engines.llama.prompt import tokenize_marked
+from infergate.engines.llama.prompt import prompt_tokens
 from infergate.engines.llama.sampling import SamplingOptions, SeqSampler
 from infergate.engines.llama.slots import Seq, Slot, pick_slot
 from infergate.engines.llama.text import ChoiceText
 from infergate.engines.llama.worker import OnDemandWorker
-from infergate.errors import InfergateError, InvalidRequest, RateLimited, Unavailable
+from infergate.errors import InfergateError, RateLimited, Unavailable
 
 log = logging.getLogger("infergate.engines.llama.engine")
 
@@ -96,9 +96,6 @@ class Scheduler(OnDemandWorker):
     def _has_work(self) -> bool:
         return bool(self._waiting or self._active or self._deferred)
 
-    def _load(self) -> None:
-        self._ensure_loaded()
-
     def _is_loaded(self) -> bool:
         return self._model is not None
 
@@ -128,7 +125,7 @@ class Scheduler(OnDemandWorker):
         admissions, self._deferred = self._deferred + picks, []
         if admissions:
             try:
-                self._ensure_loaded()
+                self._load()
             except Exception:
                 for job, _index in admissions:
                     self._fail(job, Unavailable(f"model '{self.spec.id}' failed to load: {self.error}"))
@@ -143,7 +140,7 @@ class Scheduler(OnDemandWorker):
             self._step()
         self._flush()
 
-    def _ensure_loaded(self) -> None:
+    def _load(self) -> None:
         if self._model is not None:
             return
         if not self.spec.path:
@@ -181,10 +178,13 @@ class Scheduler(OnDemandWorker):
             return
         try:
             if job.prompt is None:
-                self._prepare_prompt(job, model)
+                # rendered and tokenized once per job, cut at its cache_control breakpoints
+                job.prompt, job.boundaries = prompt_tokens(
+                    model, job.messages, job.cache_ttls, model.n_ctx_seq
+                )
+                self._emit(job, Started(len(job.prompt)))
         except Exception as exc:
-            self._fail(job, exc)
-            self._release_running(1)
+            self._reject(job, exc)
             return
         prompt = job.prompt
         assert prompt is not None
@@ -204,8 +204,7 @@ class Scheduler(OnDemandWorker):
                 opts = SamplingOptions(**{**opts.__dict__, "seed": opts.seed + index})
             sampler = SeqSampler(model.vocab, model.n_vocab, opts, model.n_ctx_seq)
         except Exception as exc:
-            self._fail(job, exc)
-            self._release_running(1)
+            self._reject(job, exc)
             return
         if self.prefix is None or plan is None:
             n_past = model.drop_kv(slot.seq_id, slot_reuse)
@@ -230,18 +229,10 @@ class Scheduler(OnDemandWorker):
         self._active.append(seq)
         self._save_due(seq)
 
-    def _prepare_prompt(self, job: Job, model: LoadedModel) -> None:
-        """Render and tokenize the prompt once per job, cut at its cache_control breakpoints."""
-        tokens, job.boundaries = tokenize_marked(model, job.messages, job.cache_ttls)
-        if len(tokens) >= model.n_ctx_seq:
-            raise InvalidRequest(
-                f"the prompt is {len(tokens)} tokens; this model's context window is "
-                f"{model.n_ctx_seq} tokens",
-                param="messages",
-                code="context_length_exceeded",
-            )
-        job.prompt = tokens
-        self._emit(job, Started(len(tokens)))
+    def _reject(self, job: Job, error: Exception) -> None:
+        """A choice that cannot start (bad prompt or sampling options) fails its job."""
+        self._fail(job, error)
+        self._release_running(1)
 
     def _save_due(self, seq: Seq) -> None:
         """Save the breakpoint prefixes the sequence has just reached."""

@@ -3,9 +3,10 @@
 A `cache_control` breakpoint is carried through the chat template as a mark after the marked
 part's text (`prompt.breakpoint_mark`); the rendered prompt is cut at the marks and tokenized piece by
 piece, so a breakpoint falls on an exact token boundary. The KV state of a sequence holding
-exactly the prompt up to a boundary is saved in a `KVStateStore` under a hash of those tokens;
-a later prompt starting with the same tokens restores it into its slot and evaluates only the
-rest.
+exactly the prompt up to a boundary is saved in a `KVStateStore` under a hash of those tokens
+and the request's cache scope (its key, unless `prompt_cache_scope = "global"`); a later prompt
+of the same scope starting with the same tokens restores it into its slot and evaluates only the
+rest. Another key's prompt never reads it: no `cached_tokens`, no faster first token.
 
 Billing (`PrefixPlan.usage`): with breakpoints, the longest breakpoint prefix found in the store
 is a read and every later breakpoint writes the tokens since the previous one, as the seed and

@@ -6,6 +6,7 @@ the request's own ledger row from the server's SQLite database by its x-request-
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -28,6 +29,13 @@ upstream_model = "slowstream"
 timeout = 1.0
 input_price = 1.0
 output_price = 2.0
+"""
+STALLED_MODEL = """
+[[models]]
+id = "standin-no-accept"
+backend = "openai"
+base_url = "http://127.0.0.1:{port}/v1"
+connect_timeout = 0.5
 """
 PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper and the sea."}]
 
@@ -56,8 +64,32 @@ def wait_for(predicate: Any, timeout: float = 10) -> None:
 
 
 @pytest.fixture(scope="module")
-def metered(upstream: StandInUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    catalog = upstream_catalog(upstream.base_url) + EXTRA_MODELS.format(base=upstream.base_url)
+def full_backlog() -> Iterator[int]:
+    """A port that never completes a connection: a listener that accepts nothing, its queue full."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):  # Linux queues backlog + 1; later handshakes go unanswered
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        fillers.append(s)
+    yield port
+    for s in [*fillers, listener]:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def metered(
+    upstream: StandInUpstream, full_backlog: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    catalog = (
+        upstream_catalog(upstream.base_url)
+        + EXTRA_MODELS.format(base=upstream.base_url)
+        + STALLED_MODEL.format(port=full_backlog)
+    )
     proc = ServerProcess(tmp_path_factory.mktemp("metered"), catalog).start()
     yield proc
     proc.stop()
@@ -137,7 +169,9 @@ def test_non_streamed_upstream_timeout_bills_the_prompt(metered: ServerProcess, 
 
 
 def test_refused_requests_bill_nothing(metered: ServerProcess, auth: dict[str, str]) -> None:
-    for model, status in (("standin-fail-400", 400), ("standin-fail-429", 429), ("standin-down", 503)):
+    refused = [("standin-fail-400", 400), ("standin-fail-429", 429), ("standin-down", 503)]
+    refused.append(("standin-no-accept", 503))  # a connect timeout: unreachable, not a 504
+    for model, status in refused:
         r = post(metered, auth, {"model": model, "messages": PROMPT})
         assert r.status_code == status
         row = ledger_row(metered, r.headers["x-request-id"])

@@ -72,6 +72,12 @@ class OpenAIUpstreamEngine(ChatEngine):
         assert self.session is not None, "engine not started"
         try:
             response = await self.session.post(self.url, data=payload, headers=self.headers)
+        except aiohttp.ConnectionTimeoutError:  # never reached it: nothing was asked of it
+            self._count("unreachable")
+            raise Unavailable(
+                f"upstream {self.spec.id} did not accept a connection within {self.spec.connect_timeout:g}s",
+                headers={"Retry-After": "1"},
+            ) from None
         except TimeoutError:
             self._count("timeout")
             raise UpstreamTimeout(

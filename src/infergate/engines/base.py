@@ -87,3 +87,34 @@ class ChatEngine(Engine):
         counts the tokens and marks them estimated. Cancelling the iterator (client gone) must
         stop the work promptly.
         """
+
+
+@dataclass
+class SpeechRequest:
+    """A validated text-to-speech request; `voice` None means the model's default voice."""
+
+    text: str
+    context: RequestContext
+    voice: str | None = None
+    speed: float = 1.0
+    response_format: str = "wav"
+
+
+class SpeechEngine(Engine):
+    """Text to speech. An engine synthesizes 16-bit mono PCM (`synthesize`); `speak` wraps it in
+    the requested container (engines/audio_format.py). Once synthesis starts, the engine puts
+    the character count in `context.usage.input_tokens` (speech is billed per input character)."""
+
+    sample_rate: int = 22_050
+
+    @abstractmethod
+    def synthesize(self, request: SpeechRequest) -> AsyncIterator[bytes]:
+        """Yield little-endian 16-bit mono PCM at `sample_rate`, chunk by chunk as it is made.
+        A voice the model lacks raises InvalidRequest before the first chunk. Closing the
+        iterator (client gone) must stop the work promptly."""
+
+    def speak(self, request: SpeechRequest) -> AsyncIterator[bytes]:
+        """The audio in `request.response_format` (wav: a streaming header, then PCM)."""
+        from infergate.engines.audio_format import encode
+
+        return encode(self.synthesize(request), request.response_format, self.sample_rate)

@@ -11,6 +11,8 @@ from infergate.engines.base import Engine
 BACKENDS: dict[tuple[str, str], str] = {
     ("chat", "openai"): "infergate.engines.openai_upstream:OpenAIUpstreamEngine",
     ("chat", "llama_cpp"): "infergate.engines.llama.engine:LlamaCppEngine",
+    ("tts", "piper"): "infergate.engines.piper_tts:PiperEngine",
+    ("tts", "espeak"): "infergate.engines.espeak_tts:EspeakEngine",
 }
 
 

@@ -482,7 +482,8 @@ def test_idle_worker_thread_ends_and_comes_back() -> None:
             await engine.complete(chat("Hi", max_tokens=2, temperature=0))
             assert len(workers()) == 1
             await until(lambda: not workers(), IDLE_WORKER_EXIT + 60)
-            assert workers() == [] and engine.scheduler.state == "ready"
+            # (on a loaded machine this poll may see the unload already: both mean no thread runs)
+            assert workers() == [] and engine.scheduler.state in ("ready", "unloaded")
             # past idle_unload: the timer unloads the model though no worker thread runs
             await until(lambda: engine.scheduler.state == "unloaded")
             assert engine.scheduler.state == "unloaded" and workers() == []

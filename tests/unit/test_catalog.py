@@ -161,13 +161,14 @@ def test_catalog_shape_errors(tmp_path: Path, text: str, words: str) -> None:
 
 def test_builtins_are_served_alongside_entries(tmp_path: Path) -> None:
     catalog = load(tmp_path, entry("mine"))
-    assert [m.id for m in catalog] == [SMOLLM2_ID, "espeak-tts", "mine"]
+    assert [m.id for m in catalog] == [SMOLLM2_ID, "piper-en-us-joe", "espeak-tts", "mine"]
 
 
 def test_no_catalog_is_the_builtins(tmp_path: Path) -> None:
     catalog = Catalog.load(None, tmp_path)
-    assert [m.id for m in catalog] == [SMOLLM2_ID, "espeak-tts"]
+    assert [m.id for m in catalog] == [SMOLLM2_ID, "piper-en-us-joe", "espeak-tts"]  # speech: the extra
     assert catalog.get(SMOLLM2_ID).backend == "llama_cpp" and catalog.get("espeak-tts").kind == "tts"
+    assert catalog.get("piper-en-us-joe").backend == "piper"
 
 
 def test_builtins_false_turns_them_off(tmp_path: Path) -> None:
@@ -181,7 +182,7 @@ def test_same_id_replaces_a_builtin(tmp_path: Path) -> None:
     catalog = load(tmp_path, text)
     replaced = catalog.get(SMOLLM2_ID)
     assert replaced.backend == "openai" and replaced.input_price == 0.5
-    assert [m.id for m in catalog].count(SMOLLM2_ID) == 1 and len(catalog) == 2
+    assert [m.id for m in catalog].count(SMOLLM2_ID) == 1 and len(catalog) == 3
 
 
 def test_relative_path_is_relative_to_the_catalog_file(

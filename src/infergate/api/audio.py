@@ -19,7 +19,7 @@ from infergate.api.streaming import SSEResponse, run_until_disconnect
 from infergate.catalog import ModelSpec
 from infergate.engines.audio_format import FORMATS
 from infergate.engines.base import RequestContext, SpeechEngine, SpeechRequest
-from infergate.errors import InvalidRequest, NotFound, Unavailable
+from infergate.errors import InvalidRequest, Unavailable
 from infergate.metering import CLIENT_GONE_STATUS, Charge, Meter
 from infergate.platform import Platform
 from infergate.schemas.audio import SpeechCreateRequest
@@ -58,22 +58,9 @@ class AudioStreamResponse(SSEResponse):
 
 
 def speech_engine(platform: Platform, model_id: str) -> tuple[ModelSpec, SpeechEngine]:
-    spec = platform.catalog.get(model_id)
-    if spec is None:
-        raise NotFound(
-            f"The model '{model_id}' does not exist; GET /v1/models lists the available ones.",
-            param="model",
-            code="model_not_found",
-        )
-    if spec.kind != "tts":
-        raise InvalidRequest(
-            f"The model '{model_id}' is a {spec.kind} model, not a text-to-speech (tts) model.",
-            param="model",
-            code="model_not_supported",
-        )
-    engine = platform.engines.get(model_id)
-    if not isinstance(engine, SpeechEngine) or engine.readiness() is not None:
-        reason = platform.engine_errors.get(model_id) or (engine.readiness() if engine else None)
+    spec, engine = platform.engine_for(model_id, "tts", SpeechEngine)
+    reason = engine.readiness()  # a voice still loading in the background
+    if reason is not None:
         raise Unavailable(f"The model '{model_id}' cannot serve: {reason}", code="model_unavailable")
     return spec, engine
 

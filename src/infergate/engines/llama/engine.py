@@ -31,7 +31,6 @@ from infergate.engines.llama.prefix import CacheUsage, PrefixCache
 from infergate.engines.llama.prompt import ToolPlan, chat_messages, parse_tool_call, plan_tools
 from infergate.engines.llama.sampling import JSON_OBJECT_GBNF, SamplingOptions, schema_grammar
 from infergate.engines.llama.scheduler import Scheduler
-from infergate.errors import InvalidRequest
 from infergate.observability import watch_prompt_cache
 from infergate.schemas.chat import ChatCompletionRequest
 from infergate.usage import Usage
@@ -49,17 +48,6 @@ def _fingerprint(spec: ModelSpec) -> str:
         except OSError:
             pass
     return "fp_" + hashlib.sha256(ident.encode()).hexdigest()[:10]
-
-
-def _logit_bias(raw: dict[str, float] | None) -> dict[int, float]:
-    out: dict[int, float] = {}
-    for key, value in (raw or {}).items():
-        if not key.lstrip("-").isdigit():
-            raise InvalidRequest(f"logit_bias keys must be token ids, got '{key}'", param="logit_bias")
-        if not -100 <= value <= 100:
-            raise InvalidRequest("logit_bias values must be between -100 and 100", param="logit_bias")
-        out[int(key)] = float(value)
-    return out
 
 
 def _grammar(params: ChatCompletionRequest, plan: ToolPlan) -> tuple[str | None, list[str] | None]:
@@ -206,7 +194,7 @@ class LlamaCppEngine(ChatEngine):
             seed=params.seed,
             presence_penalty=params.presence_penalty or 0.0,
             frequency_penalty=params.frequency_penalty or 0.0,
-            logit_bias=_logit_bias(params.logit_bias),
+            logit_bias={int(k): v for k, v in (params.logit_bias or {}).items()},  # ids checked by the schema
             grammar=grammar,
             lazy_triggers=triggers,
             logprobs=bool(params.logprobs),

@@ -7,7 +7,6 @@ the request's own ledger row from the server's SQLite database by its x-request-
 from __future__ import annotations
 
 import socket
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import upstream_catalog
+from tests.support.ledger import ledger_row, rows_where
 from tests.support.server import ServerProcess
 from tests.support.upstream import StandInUpstream
 
@@ -38,21 +38,6 @@ base_url = "http://127.0.0.1:{port}/v1"
 connect_timeout = 0.5
 """
 PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper and the sea."}]
-
-
-def ledger_row(server: ServerProcess, request_id: str, timeout: float = 10) -> dict[str, Any]:
-    """The ledger row of one request, once the writer has flushed it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with sqlite3.connect(server.data_dir / "infergate.db") as db:
-            db.row_factory = sqlite3.Row
-            rows = db.execute("SELECT * FROM usage_records WHERE request_id = ?", (request_id,)).fetchall()
-        if rows:
-            assert len(rows) == 1
-            return dict(rows[0])
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no ledger row for {request_id}")
-        time.sleep(0.05)
 
 
 def wait_for(predicate: Any, timeout: float = 10) -> None:
@@ -155,7 +140,7 @@ def test_client_gone_while_upstream_works_is_billed_499(
         # the stand-in's "slow" model waits 2 s: the client gives up once the upstream has the request
         post(metered, auth, {"model": "standin-slow-ok", "messages": PROMPT}, timeout=1.0)
     wait_for(lambda: len(upstream.requests) > before)
-    rows = _rows_where(metered, "model = 'standin-slow-ok' AND status = 499")
+    rows = rows_where(metered, "model = 'standin-slow-ok' AND status = 499")
     assert len(rows) == 1
     assert rows[0]["input_tokens"] > 0 and rows[0]["estimated"] == 1
 
@@ -177,17 +162,6 @@ def test_refused_requests_bill_nothing(metered: ServerProcess, auth: dict[str, s
         row = ledger_row(metered, r.headers["x-request-id"])
         assert row["status"] == status
         assert (row["input_tokens"], row["output_tokens"], row["cost_nano_usd"]) == (0, 0, 0)
-
-
-def _rows_where(server: ServerProcess, where: str, timeout: float = 10) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        with sqlite3.connect(server.data_dir / "infergate.db") as db:
-            db.row_factory = sqlite3.Row
-            rows = [dict(r) for r in db.execute(f"SELECT * FROM usage_records WHERE {where}")]
-        if rows or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
 
 
 # -- the embedded model: live usage from the engine ----------------------------------------------
@@ -239,7 +213,7 @@ def test_embedded_client_gone_mid_generation_bills_what_ran(embedded: ServerProc
     body = {"model": "smollm2-135m-instruct", "messages": PROMPT, "max_tokens": 2000, "temperature": 0.9}
     with pytest.raises(httpx.ReadTimeout):  # 2,000 tokens take > 10 s here: cut mid-generation
         post(embedded, auth, body, timeout=3.0)
-    rows = _rows_where(embedded, "status = 499 AND cache_write_5m_tokens = 0")
+    rows = rows_where(embedded, "status = 499 AND cache_write_5m_tokens = 0")
     assert len(rows) == 1
     assert rows[0]["estimated"] == 0
     assert rows[0]["input_tokens"] > 10 and rows[0]["output_tokens"] > 0

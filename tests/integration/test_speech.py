@@ -4,9 +4,7 @@ unchanged `openai` SDK; billing read back from the server's ledger (SQLite)."""
 from __future__ import annotations
 
 import io
-import sqlite3
 import struct
-import time
 import wave
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from tests.support.ledger import ledger_row
 from tests.support.server import ServerProcess
 
 CATALOG = """
@@ -56,20 +55,6 @@ def speech_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
 @pytest.fixture(scope="module")
 def client(speech_server: ServerProcess) -> openai.OpenAI:
     return speech_server.openai_client("speech")
-
-
-def ledger_row(server: ServerProcess, request_id: str, timeout: float = 10) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        with sqlite3.connect(server.data_dir / "infergate.db") as db:
-            db.row_factory = sqlite3.Row
-            rows = db.execute("SELECT * FROM usage_records WHERE request_id = ?", (request_id,)).fetchall()
-        if rows:
-            assert len(rows) == 1
-            return dict(rows[0])
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no ledger row for {request_id}")
-        time.sleep(0.05)
 
 
 def wav_samples(data: bytes) -> list[int]:

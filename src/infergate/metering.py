@@ -91,10 +91,11 @@ class Meter:
         self.settled = False
 
     # -- estimates ----------------------------------------------------------------------------
-    def estimate_now(self) -> Usage:
+    def estimate_now(self, prompt_texts: list[str] | None = None) -> Usage:
         """Count the prompt and the output seen so far (synchronous: call off the loop)."""
-        texts = self._prompt_texts() if self._prompt_texts else []
-        input_tokens = sum(count_tokens(t) for t in texts) + self._prompt_overhead(len(texts))
+        if prompt_texts is None:
+            prompt_texts = self._prompt_texts() if self._prompt_texts else []
+        input_tokens = sum(count_tokens(t) for t in prompt_texts) + self._prompt_overhead(len(prompt_texts))
         return Usage(
             input_tokens=input_tokens,
             output_tokens=count_tokens("".join(self.output)),
@@ -103,12 +104,11 @@ class Meter:
 
     async def estimate(self) -> Usage:
         """`estimate_now`, in a worker thread when the texts are large."""
-        size = sum(len(t) for t in self.output)
-        if self._prompt_texts:
-            size += sum(len(t) for t in self._prompt_texts())
+        prompt_texts = self._prompt_texts() if self._prompt_texts else []
+        size = sum(len(t) for t in self.output) + sum(len(t) for t in prompt_texts)
         if size <= INLINE_COUNT_CHARS:
-            return self.estimate_now()
-        return await asyncio.to_thread(self.estimate_now)
+            return self.estimate_now(prompt_texts)
+        return await asyncio.to_thread(self.estimate_now, prompt_texts)
 
     # -- billing ------------------------------------------------------------------------------
     def settle(self, status: int, final: Usage | None = None) -> None:

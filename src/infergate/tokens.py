@@ -79,12 +79,6 @@ def chat_framing_tokens(messages: int) -> int:
     return 4 * messages + 2
 
 
-def count_chat_prompt(messages: list[Any]) -> int:
-    """Prompt tokens of a chat: the texts plus the role framing. Slow for large prompts: call it
-    off the event loop (metering.Meter.estimate does)."""
-    return sum(count_tokens(m.text()) for m in messages) + chat_framing_tokens(len(messages))
-
-
 def warm_up() -> None:
     """Load the vocabulary now (a thread at start), not on the first request that needs it."""
     _load()

@@ -11,12 +11,27 @@ from fastapi import APIRouter, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from infergate import __version__
-from infergate.api import audio, chat, health, keys, models, usage
+from infergate.api import (
+    async_invoke,
+    audio,
+    chat,
+    conversations,
+    health,
+    images,
+    keys,
+    limits,
+    media,
+    models,
+    responses,
+    stored_responses,
+    usage,
+)
 from infergate.config import Settings
 from infergate.http_errors import exception_handlers
 from infergate.middleware import GatewayMiddleware
 from infergate.observability import ACCESS_LOG, setup_logging
 from infergate.platform import Platform
+from infergate.web import routes as web_routes
 
 log = logging.getLogger("infergate")
 
@@ -43,6 +58,11 @@ def inference_router() -> APIRouter:
     router.include_router(models.router)
     router.include_router(chat.router)
     router.include_router(audio.router)
+    router.include_router(responses.router)
+    router.include_router(stored_responses.router)
+    router.include_router(conversations.router)
+    router.include_router(images.router)
+    router.include_router(async_invoke.router)
     return router
 
 
@@ -81,6 +101,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(usage.router)
     app.include_router(health.router)
+    app.include_router(limits.router)
+    app.include_router(media.router)
+    app.include_router(web_routes.router)
     _hoist_request_body_defs(app)
     app.add_middleware(
         GatewayMiddleware,

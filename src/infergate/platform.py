@@ -103,6 +103,15 @@ class Platform:
         """The request's bill (see metering.py): settle it on every way out."""
         return Meter(self.ledger, charge, **options)
 
+    async def admit(self, charge: Charge, *, max_output_tokens: int | None = None, **options: Any) -> Meter:
+        """Admit a request and open its bill: every endpoint that does billable work starts here.
+
+        This is where the key's limits (rate, concurrency, budget) are checked and the request's
+        largest possible cost reserved; `Meter.settle` settles the reservation to the real cost.
+        `max_output_tokens` bounds the output (None: the model's context bounds it).
+        """
+        return self.meter(charge, **options)
+
     def readiness(self) -> str | None:
         try:
             with self.db.connect() as conn:

@@ -87,7 +87,9 @@ async def create_speech(request: Request) -> Response:
         )
     request_id = request_id_of(request)
     # live usage: the engine sets the character count once synthesis starts, nothing is estimated
-    meter = platform_of(request).meter(Charge(spec, request_id, key.uuid, ENDPOINT, started), live_usage=True)
+    meter = await platform_of(request).admit(
+        Charge(spec, request_id, key.uuid, ENDPOINT, started), live_usage=True
+    )
     speech = SpeechRequest(
         text=params.input,
         voice=params.voice,

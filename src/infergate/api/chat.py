@@ -54,8 +54,9 @@ async def create_chat_completion(request: Request) -> Response:
     spec, engine = platform.chat_engine(params.model)
     request.scope["state"]["model"] = spec.id
     request_id = request_id_of(request)
-    meter = platform.meter(
+    meter = await platform.admit(
         Charge(spec, request_id, key.uuid, ENDPOINT, started),
+        max_output_tokens=params.output_limit,
         prompt_texts=lambda: [m.text() for m in params.messages],
         prompt_overhead=chat_framing_tokens,
         live_usage=engine.live_usage,

@@ -93,8 +93,11 @@ class KeyRepository:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def create(self, name: str, created_by: str | None = None) -> tuple[KeyRecord, str]:
-        secret, now = new_secret(), utcnow()
+    def create(
+        self, name: str, created_by: str | None = None, secret: str | None = None
+    ) -> tuple[KeyRecord, str]:
+        # `secret`: the panel's playground key has one derived from the admin token (web/playground.py)
+        secret, now = secret or new_secret(), utcnow()
         values = {
             "uuid": str(uuid.uuid4()),
             "name": check_name(name),

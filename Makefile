@@ -11,7 +11,7 @@ LLAMA_CPP_VERSION ?= 0.3.36
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint bench clean chromium
 
 install: $(STAMP)
 
@@ -26,8 +26,13 @@ lint: install
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
-test: install lint
+test: install lint chromium
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The panel's browser tests drive Debian's Chromium (never a downloaded browser).
+chromium:
+	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium || \
+	  sudo sh -c 'apt-get update -qq && apt-get install -y -qq chromium'; }
 
 bench: install
 	bash bench/run_all.sh

@@ -62,6 +62,10 @@ class ModelSpec(BaseModel):
     api_key_env: str | None = None
     upstream_model: str | None = None
     supports_cache_control: bool = False
+    # /v1/responses: the model takes images (input_image parts are sent on as image_url parts);
+    # the upstream serves /v1/responses itself (requests are passed through, still stored and billed)
+    vision: bool = False
+    responses_native: bool = False
     timeout: float = Field(default=600.0, gt=0, le=86_400)
     connect_timeout: float = Field(default=10.0, gt=0, le=600)
     # prices: USD per 1M tokens; cache prices default to Anthropic's multipliers of input_price

@@ -3,8 +3,9 @@
 The tool loop (runner.py) opens an `McpToolset` for a request's `tools`, gives the model
 `chat_tools()`, and for every call the model makes to a tool it `owns()`, runs `call()` and feeds
 the resulting `mcp_call` item's text back. Items have the openai SDK's shapes (`McpListTools`,
-`McpCall`). Servers are reached with the official `mcp` package over streamable HTTP, or over SSE
-when the URL's path ends in `/sse`; every URL passes the SSRF guard in mcp_guard.py first.
+`McpCall`). Servers are reached with the official `mcp` package (mcp_client.py) over streamable
+HTTP, or SSE when the URL's path ends in `/sse`; every URL passes the SSRF guard (mcp_guard.py).
+Only `require_approval: "never"` is served: approval round trips are refused with a 400.
 """
 
 from __future__ import annotations
@@ -13,19 +14,26 @@ import asyncio
 import json
 import os
 import re
+import secrets
 from dataclasses import dataclass
-from typing import Any
-
-import httpx2
-from mcp.shared.exceptions import MCPError
+from typing import TYPE_CHECKING, Any
+from urllib.parse import SplitResult
 
 from infergate.config import float_env, int_env
 from infergate.errors import InvalidRequest
-from infergate.responses.mcp_client import McpConnection, new_id, parse_spec, root_cause
-from infergate.responses.mcp_guard import ALLOW_VAR, AllowedPrefix, check_addresses, parse_allow_list
+from infergate.responses.mcp_guard import (
+    ALLOW_VAR,
+    AddressPolicy,
+    AllowedPrefix,
+    check_addresses,
+    check_url,
+    parse_allow_list,
+)
+
+if TYPE_CHECKING:
+    from infergate.responses.mcp_client import McpConnection
 
 TOOL_NAME = re.compile(r"[^A-Za-z0-9_-]")
-REQUEST_TIMEOUT = -32001  # JSON-RPC code the MCP SDK uses for a request that timed out
 INVALID_PARAMS = -32602
 
 
@@ -48,10 +56,90 @@ class McpSettings:
         )
 
 
+@dataclass
+class ServerSpec:
+    """One validated `mcp` tool entry of the request."""
+
+    index: int
+    label: str
+    parts: SplitResult  # the URL, parsed
+    sse: bool
+    headers: dict[str, str]
+    allowed: frozenset[str] | None  # tool names; None: every tool
+    read_only: bool  # allowed_tools.read_only: only tools annotated readOnlyHint
+    policy: AddressPolicy
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+def parse_spec(index: int, tool: dict[str, Any], settings: McpSettings) -> ServerSpec:
+    """Validate one `mcp` tool (shape, approval mode, allow-list); 400 naming the field otherwise."""
+    at = f"tools[{index}]"
+    label = tool.get("server_label")
+    if not isinstance(label, str) or not label.strip():
+        raise InvalidRequest("server_label is required for mcp tools", param=f"{at}.server_label")
+    if tool.get("server_url") is None and (tool.get("connector_id") or tool.get("tunnel_id")):
+        raise InvalidRequest(
+            "connectors and tunnels are not available here; give the MCP server's server_url",
+            param=f"{at}.server_url",
+        )
+    approval = tool.get("require_approval")
+    if approval != "never":
+        raise InvalidRequest(
+            "this server runs mcp tools without approval requests only: set require_approval to "
+            f"'never' (got {json.dumps(approval)[:100]})",
+            param=f"{at}.require_approval",
+        )
+    parts, policy = check_url(tool.get("server_url"), settings.allowed_urls, f"{at}.server_url")
+    headers = tool.get("headers") or {}
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and "\n" not in k + v and "\r" not in k + v
+        for k, v in headers.items()
+    ):
+        raise InvalidRequest("headers must be an object of string header values", param=f"{at}.headers")
+    headers = dict(headers)
+    authorization = tool.get("authorization")
+    if authorization is not None:
+        if not isinstance(authorization, str) or "\n" in authorization or "\r" in authorization:
+            raise InvalidRequest("authorization must be a string token", param=f"{at}.authorization")
+        headers["Authorization"] = f"Bearer {authorization}"
+    allowed, read_only = _allowed_tools(tool.get("allowed_tools"), f"{at}.allowed_tools")
+    return ServerSpec(
+        index=index,
+        label=label,
+        parts=parts,
+        sse=parts.path.rstrip("/").endswith("/sse"),
+        headers=headers,
+        allowed=allowed,
+        read_only=read_only,
+        policy=policy,
+    )
+
+
+def _allowed_tools(value: Any, param: str) -> tuple[frozenset[str] | None, bool]:
+    """`allowed_tools`: a list of names, or {"tool_names": [...], "read_only": bool}, or null."""
+    if value is None:
+        return None, False
+    names, read_only = value, False
+    if isinstance(value, dict):
+        names, read_only = value.get("tool_names"), value.get("read_only") or False
+        if not isinstance(read_only, bool) or set(value) - {"tool_names", "read_only"}:
+            raise InvalidRequest("allowed_tools takes tool_names and read_only", param=param)
+    if names is None:
+        return None, read_only
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InvalidRequest("allowed_tools must list tool names (strings)", param=param)
+    return frozenset(names), read_only
+
+
 def _list_item(conn: McpConnection) -> dict[str, Any]:
     tools = []
     for tool in conn.tools:
-        annotations = tool.annotations.model_dump(by_alias=True, exclude_none=True) if tool.annotations else None
+        annotations = (
+            tool.annotations.model_dump(by_alias=True, exclude_none=True) if tool.annotations else None
+        )
         tools.append(
             {
                 "name": tool.name,
@@ -69,29 +157,36 @@ def _list_item(conn: McpConnection) -> dict[str, Any]:
     }
 
 
-def _content_text(blocks: list[Any]) -> str:
-    """A tool result as the model reads it: text parts as they are, other parts as JSON."""
-    parts = []
-    for block in blocks:
-        if getattr(block, "type", None) == "text":
-            parts.append(block.text)
-        else:
-            parts.append(json.dumps(block.model_dump(mode="json", by_alias=True, exclude_none=True)))
-    return "\n".join(parts)
-
-
 def call_output_text(item: dict[str, Any]) -> str:
     """What the model is told an `mcp_call` item gave: its output, or its error in words."""
     if item.get("output") is not None:
         return str(item["output"])
     error = item.get("error") or {}
-    if error.get("type") == "mcp_tool_execution_error":
-        content = error.get("content")
-        detail = "\n".join(
-            c.get("text", "") if isinstance(c, dict) else str(c) for c in (content or [])
-        ) or json.dumps(content)
-        return f"Error: {detail}"
-    return f"Error: {error.get('message', 'the tool call failed')}"
+    if isinstance(error, dict) and error.get("type") == "mcp_tool_execution_error":
+        content = error.get("content") or []
+        texts = [c.get("text", "") for c in content if isinstance(c, dict)]
+        return "Error: " + ("\n".join(t for t in texts if t) or json.dumps(content))
+    if isinstance(error, dict):
+        return f"Error: {error.get('message') or 'the tool call failed'}"
+    return f"Error: {error or 'the tool call failed'}"
+
+
+def _as_dict(tool: Any) -> Any:
+    """Request tools as plain dicts (the runner may hand over the request schema's models)."""
+    if hasattr(tool, "model_dump"):
+        return tool.model_dump(exclude_none=True, by_alias=True)
+    return tool
+
+
+_default_settings: McpSettings | None = None
+
+
+def default_settings() -> McpSettings:
+    """McpSettings.from_env(), read once (call it at start so a bad value stops the start)."""
+    global _default_settings
+    if _default_settings is None:
+        _default_settings = McpSettings.from_env()
+    return _default_settings
 
 
 class McpToolset:
@@ -106,10 +201,13 @@ class McpToolset:
         self._name_tools(taken)
 
     @classmethod
-    async def open(cls, tools: list[dict[str, Any]] | None, settings: McpSettings) -> McpToolset | None:
-        """None when the request has no `mcp` tool. Every entry is validated (400 naming the field)
-        before any server is contacted; then all servers are connected at once."""
-        entries = [(i, t) for i, t in enumerate(tools or []) if isinstance(t, dict) and t.get("type") == "mcp"]
+    async def open(cls, tools: list[Any] | None, settings: McpSettings | None = None) -> McpToolset | None:
+        """None when `tools` (the request's whole list, so errors name `tools[i]`) has no `mcp`
+        tool. Every entry is validated (400 naming the field) before any server is contacted; then
+        all servers are connected at once (503/502 naming the server when one cannot serve)."""
+        settings = settings or default_settings()
+        listed = [_as_dict(t) for t in tools or []]
+        entries = [(i, t) for i, t in enumerate(listed) if isinstance(t, dict) and t.get("type") == "mcp"]
         if not entries:
             return None
         specs = [parse_spec(i, t, settings) for i, t in entries]
@@ -122,17 +220,15 @@ class McpToolset:
                 )
         for spec in specs:
             await check_addresses(spec.parts, spec.policy, f"tools[{spec.index}].server_url")
+        from infergate.responses.mcp_client import McpConnection  # loads the mcp package
+
         connections = [McpConnection(s, settings) for s in specs]
         results = await asyncio.gather(*(c.start() for c in connections), return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             await asyncio.gather(*(c.close() for c in connections))
             raise failures[0]
-        taken = {
-            str((t.get("function") or t).get("name"))
-            for t in tools or []
-            if isinstance(t, dict) and t.get("type") == "function"
-        }
+        taken = {str(t.get("name")) for t in listed if isinstance(t, dict) and t.get("type") == "function"}
         return cls(connections, settings, taken)
 
     def _name_tools(self, taken: set[str]) -> None:
@@ -154,10 +250,18 @@ class McpToolset:
                     name, n = f"{base[:60]}_{n}", n + 1
                 used.add(name)
                 self._by_name[name] = (conn, tool)
-                function: dict[str, Any] = {"name": name, "parameters": tool.input_schema or {"type": "object"}}
+                function: dict[str, Any] = {
+                    "name": name,
+                    "parameters": tool.input_schema or {"type": "object"},
+                }
                 if tool.description:
                     function["description"] = tool.description
                 self._chat_tools.append({"type": "function", "function": function})
+
+    @property
+    def max_steps(self) -> int:
+        """Model turns the tool loop may take; past them the response is incomplete."""
+        return self.settings.max_steps
 
     def chat_tools(self) -> list[dict[str, Any]]:
         """OpenAI chat function-tool definitions for the model."""
@@ -166,10 +270,12 @@ class McpToolset:
     def owns(self, name: str) -> bool:
         return name in self._by_name
 
-    def server_of(self, name: str) -> tuple[str, str]:
-        """(server_label, the tool's own name) of a chat tool name this toolset owns."""
-        conn, tool = self._by_name[name]
-        return conn.spec.label, tool.name
+    def server_label(self, name: str) -> str:
+        return self._by_name[name][0].spec.label
+
+    def tool_name(self, name: str) -> str:
+        """The MCP server's own name of a chat tool name (they differ when namespaced)."""
+        return str(self._by_name[name][1].name)
 
     async def call(self, name: str, arguments_json: str) -> dict[str, Any]:
         """Run one tool; the finished `mcp_call` item. A failing tool is an error in the item."""
@@ -190,42 +296,20 @@ class McpToolset:
         except ValueError:
             arguments = None
         if not isinstance(arguments, dict):
-            return _failed(item, _protocol(INVALID_PARAMS, "the tool arguments are not a JSON object"))
-        session = conn.session
-        if session is None:
-            return _failed(item, _protocol(-32000, f"the connection to MCP server '{conn.spec.label}' is closed"))
-        timeout = self.settings.call_timeout
-        try:
-            result = await asyncio.wait_for(session.call_tool(tool.name, arguments), timeout)
-        except TimeoutError:
-            return _failed(item, _protocol(REQUEST_TIMEOUT, f"the tool call timed out after {timeout:g} s"))
-        except MCPError as exc:
-            return _failed(item, _protocol(exc.error.code, exc.error.message))
-        except Exception as exc:  # noqa: BLE001  (transport failures become the item's error)
-            cause = root_cause(exc)
-            if isinstance(cause, httpx2.HTTPStatusError):
-                code = cause.response.status_code
-                return _failed(item, {"type": "http_error", "code": code, "message": f"HTTP {code}"})
-            return _failed(item, _protocol(-32000, f"{type(cause).__name__}: {cause}"[:500]))
-        if result.is_error:
-            content = [b.model_dump(mode="json", by_alias=True, exclude_none=True) for b in result.content]
-            return _failed(item, {"type": "mcp_tool_execution_error", "content": content})
-        text = _content_text(result.content)
-        if not result.content and result.structured_content is not None:
-            text = json.dumps(result.structured_content)
+            error: Any = {
+                "type": "mcp_protocol_error",
+                "code": INVALID_PARAMS,
+                "message": "the tool arguments are not a JSON object",
+            }
+            output = None
+        else:
+            output, error = await conn.call(tool.name, arguments, self.settings.call_timeout)
+        if error is not None:
+            item.update(error=error, status="failed")
+            return item
         limit = self.settings.max_output_chars
-        item["output"] = text if len(text) <= limit else text[:limit] + "\n[output truncated]"
+        item["output"] = output if len(output or "") <= limit else f"{output[:limit]}\n[output truncated]"
         return item
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._connections))
-
-
-def _protocol(code: int, message: str) -> dict[str, Any]:
-    return {"type": "mcp_protocol_error", "code": code, "message": message}
-
-
-def _failed(item: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
-    item["error"] = error
-    item["status"] = "failed"
-    return item

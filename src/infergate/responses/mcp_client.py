@@ -1,8 +1,8 @@
-"""Connections to the MCP servers of one request (the official `mcp` package's client).
+"""Connections to the MCP servers of one request, with the official `mcp` package's client.
 
-`parse_spec` validates one `mcp` tool entry (400 naming the field); `McpConnection` holds one
-server's session, over streamable HTTP, or SSE when the URL's path ends in `/sse`, through an
-HTTP client pinned by the SSRF guard (mcp_guard.py).
+`McpConnection` holds one server's session, over streamable HTTP, or SSE when the URL's path ends
+in `/sse`, through an HTTP client whose network backend dials only addresses the SSRF guard
+(mcp_guard.py) permits. Importing this module loads the `mcp` package: mcp.py imports it lazily.
 """
 
 from __future__ import annotations
@@ -10,100 +10,90 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import SplitResult
 
+import httpcore2
 import httpx2
 from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp.types import PaginatedRequestParams
 
-from infergate.errors import InvalidRequest, Unavailable, UpstreamError
-from infergate.responses.mcp_guard import AddressPolicy, check_url, pinned_client
+from infergate.errors import Unavailable, UpstreamError
+from infergate.responses.mcp_guard import AddressPolicy, resolve
 
 if TYPE_CHECKING:
-    from infergate.responses.mcp import McpSettings
+    from infergate.responses.mcp import McpSettings, ServerSpec
+
+REQUEST_TIMEOUT = -32001  # JSON-RPC code the MCP SDK uses for a request that timed out
+INVALID_PARAMS = -32602
+CONNECTION_CLOSED = -32000
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(16)}"
+class PinnedBackend(httpcore2.AsyncNetworkBackend):
+    """The connect-time check (3): resolves the host itself and dials only addresses the policy permits."""
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self.policy = policy
+        self.inner = httpcore2.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        try:
+            addresses = await resolve(host, port)
+        except OSError as exc:
+            raise httpcore2.ConnectError(f"cannot resolve {host}: {exc}") from None
+        permitted = [ip for ip in addresses if self.policy.permits(ip)]
+        if not permitted or len(permitted) != len(addresses):
+            raise httpcore2.ConnectError(f"{host} resolves to an address that is not allowed")
+        error: Exception | None = None
+        for ip in permitted:  # TLS still verifies the certificate against `host` (httpcore passes it)
+            try:
+                return await self.inner.connect_tcp(
+                    str(ip), port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
+            except httpcore2.ConnectError as exc:
+                error = exc
+        raise error or httpcore2.ConnectError(f"cannot connect to {host}")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
 
 
-@dataclass
-class ServerSpec:
-    """One validated `mcp` tool entry of the request."""
+class PinnedTransport(httpx2.AsyncHTTPTransport):
+    """httpx2's transport on a PinnedBackend; no proxies from the environment (they would dial for us)."""
 
-    index: int
-    label: str
-    parts: SplitResult  # the URL, parsed
-    sse: bool
-    headers: dict[str, str]
-    allowed: frozenset[str] | None  # tool names; None: every tool
-    read_only: bool  # allowed_tools.read_only: only tools annotated readOnlyHint
-    policy: AddressPolicy
-
-
-def parse_spec(index: int, tool: dict[str, Any], settings: McpSettings) -> ServerSpec:
-    """Validate one `mcp` tool (shape, approval mode, allow-list); 400 naming the field otherwise."""
-    at = f"tools[{index}]"
-    label = tool.get("server_label")
-    if not isinstance(label, str) or not label.strip():
-        raise InvalidRequest("server_label is required for mcp tools", param=f"{at}.server_label")
-    if tool.get("server_url") is None and (tool.get("connector_id") or tool.get("tunnel_id")):
-        raise InvalidRequest(
-            "connectors and tunnels are not available here; give the MCP server's server_url",
-            param=f"{at}.server_url",
+    def __init__(self, policy: AddressPolicy) -> None:
+        super().__init__(trust_env=False)
+        # The transport builds its pool without a backend hook, so the pool is rebuilt with one.
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=httpx2.create_ssl_context(trust_env=False),
+            network_backend=PinnedBackend(policy),
         )
-    approval = tool.get("require_approval")
-    if approval != "never":
-        raise InvalidRequest(
-            "this server runs mcp tools without approval requests only: set require_approval to "
-            f"'never' (got {json.dumps(approval)[:100]})",
-            param=f"{at}.require_approval",
-        )
-    parts, policy = check_url(tool.get("server_url"), settings.allowed_urls, f"{at}.server_url")
-    headers = tool.get("headers") or {}
-    if not isinstance(headers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and k and "\n" not in k + v and "\r" not in k + v
-        for k, v in headers.items()
-    ):
-        raise InvalidRequest("headers must be an object of string header values", param=f"{at}.headers")
-    headers = dict(headers)
-    authorization = tool.get("authorization")
-    if authorization is not None:
-        if not isinstance(authorization, str) or "\n" in authorization or "\r" in authorization:
-            raise InvalidRequest("authorization must be a string token", param=f"{at}.authorization")
-        headers["Authorization"] = f"Bearer {authorization}"
-    allowed, read_only = _allowed_tools(tool.get("allowed_tools"), f"{at}.allowed_tools")
-    return ServerSpec(
-        index=index,
-        label=label,
-        parts=parts,
-        sse=parts.path.rstrip("/").endswith("/sse"),
+
+
+def pinned_client(
+    policy: AddressPolicy,
+    headers: dict[str, str] | None = None,
+    timeout: httpx2.Timeout | None = None,
+    auth: httpx2.Auth | None = None,
+) -> httpx2.AsyncClient:
+    """An HTTP client for one MCP server, with the MCP transports' usual 30 s / 300 s read timeouts."""
+    return httpx2.AsyncClient(
+        transport=PinnedTransport(policy),
         headers=headers,
-        allowed=allowed,
-        read_only=read_only,
-        policy=policy,
+        timeout=timeout or httpx2.Timeout(30.0, read=300.0),
+        auth=auth,
+        trust_env=False,
     )
-
-
-def _allowed_tools(value: Any, param: str) -> tuple[frozenset[str] | None, bool]:
-    """`allowed_tools`: a list of names, or {"tool_names": [...], "read_only": bool}, or null."""
-    if value is None:
-        return None, False
-    names, read_only = value, False
-    if isinstance(value, dict):
-        names, read_only = value.get("tool_names"), value.get("read_only") or False
-        if not isinstance(read_only, bool) or set(value) - {"tool_names", "read_only"}:
-            raise InvalidRequest("allowed_tools takes tool_names and read_only", param=param)
-    if names is None:
-        return None, read_only
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise InvalidRequest("allowed_tools must list tool names (strings)", param=param)
-    return frozenset(names), read_only
 
 
 class McpConnection:
@@ -147,7 +137,9 @@ class McpConnection:
                     )
                 else:
                     client = await stack.enter_async_context(pinned_client(spec.policy, spec.headers))
-                    streams = await stack.enter_async_context(streamable_http_client(spec.parts.geturl(), http_client=client))
+                    streams = await stack.enter_async_context(
+                        streamable_http_client(spec.parts.geturl(), http_client=client)
+                    )
                 read, write = streams[0], streams[1]
                 session = await stack.enter_async_context(ClientSession(read, write))
                 await session.initialize()
@@ -155,7 +147,7 @@ class McpConnection:
                 self.session = session
                 self._ready.set_result(None)
                 await self._stop.wait()
-        except BaseException as exc:  # noqa: BLE001  (reported to start(); a later failure shows in call())
+        except BaseException as exc:  # reported to start(); a failure later on shows in call()
             if not self._ready.done():
                 self._ready.set_exception(exc)
             self.session = None
@@ -166,7 +158,8 @@ class McpConnection:
         tools: list[Any] = []
         cursor: str | None = None
         for _ in range(100):  # a server that pages forever is cut off
-            result = await session.list_tools(cursor=cursor) if cursor else await session.list_tools()
+            params = PaginatedRequestParams(cursor=cursor) if cursor else None
+            result = await session.list_tools(params=params)
             tools.extend(result.tools)
             cursor = result.next_cursor
             if not cursor:
@@ -185,10 +178,37 @@ class McpConnection:
             return
         try:
             await asyncio.wait_for(asyncio.shield(self._task), 5)
-        except BaseException:  # noqa: BLE001  (a stuck or failed session is cancelled; closing never fails)
+        except asyncio.CancelledError:
+            self._task.cancel()
+            raise
+        except Exception:  # a stuck session is cancelled: closing never fails
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
+
+    async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> tuple[str | None, Any]:
+        """(output text, None) or (None, the OpenAI-shaped error) of one tool call."""
+        session = self.session
+        if session is None:
+            return None, protocol_error(CONNECTION_CLOSED, f"the connection to '{self.spec.label}' is closed")
+        try:
+            result = await asyncio.wait_for(session.call_tool(name, arguments), timeout)
+        except TimeoutError:
+            return None, protocol_error(REQUEST_TIMEOUT, f"the tool call timed out after {timeout:g} s")
+        except MCPError as exc:
+            return None, protocol_error(exc.error.code, exc.error.message)
+        except Exception as exc:  # transport failures are the item's error, never the request's
+            cause = root_cause(exc)
+            if isinstance(cause, httpx2.HTTPStatusError):
+                code = cause.response.status_code
+                return None, {"type": "http_error", "code": code, "message": f"HTTP {code}"}
+            return None, protocol_error(CONNECTION_CLOSED, f"{type(cause).__name__}: {cause}"[:500])
+        if result.is_error:
+            content = [b.model_dump(mode="json", by_alias=True, exclude_none=True) for b in result.content]
+            return None, {"type": "mcp_tool_execution_error", "content": content}
+        if not result.content and result.structured_content is not None:
+            return json.dumps(result.structured_content), None
+        return content_text(result.content), None
 
 
 def root_cause(exc: BaseException) -> BaseException:
@@ -205,7 +225,22 @@ def connect_error(spec: ServerSpec, exc: BaseException) -> Exception:
             f"MCP server '{spec.label}' answered HTTP {exc.response.status_code}", param=param
         )
     if isinstance(exc, MCPError):
-        return UpstreamError(f"MCP server '{spec.label}' refused the session: {exc}"[:300], param=param)
+        return UpstreamError(f"MCP server '{spec.label}' could not start a session: {exc}"[:300], param=param)
     if isinstance(exc, httpx2.TransportError | OSError | TimeoutError):
         return Unavailable(f"MCP server '{spec.label}' cannot be reached: {exc}"[:300], param=param)
     return UpstreamError(f"MCP server '{spec.label}' failed: {type(exc).__name__}: {exc}"[:300], param=param)
+
+
+def protocol_error(code: int, message: str) -> dict[str, Any]:
+    return {"type": "mcp_protocol_error", "code": code, "message": message}
+
+
+def content_text(blocks: list[Any]) -> str:
+    """A tool result as the model reads it: text parts as they are, other parts as JSON."""
+    parts = []
+    for block in blocks:
+        if getattr(block, "type", None) == "text":
+            parts.append(block.text)
+        else:
+            parts.append(json.dumps(block.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    return "\n".join(parts)

@@ -6,7 +6,8 @@ operator's own network. Three checks stand in the way:
 2. every address its host resolves to must be public, unless the matching allow-list entry names
    that address literally (`http://10.0.0.5:8080/`) or is `localhost` (loopback only);
 3. the same rule is applied again at connect time, to the address actually dialled, by the HTTP
-   client's network backend (a DNS answer that changes after the check cannot slip through).
+   client's network backend (`PinnedBackend` in mcp_client.py), so a DNS answer that changes after
+   the check cannot slip through.
 The MCP transports follow redirects only within the server's origin, so no redirect leaves it.
 """
 
@@ -19,9 +20,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
-
-import httpcore2
-import httpx2
 
 from infergate.config import SettingError
 from infergate.errors import InvalidRequest
@@ -77,7 +75,9 @@ class AllowedPrefix:
     def address_policy(self) -> AddressPolicy:
         """Private addresses this entry names explicitly: its literal IP, or loopback for `localhost`."""
         ip = _literal_ip(self.host)
-        return AddressPolicy(explicit=frozenset([ip]) if ip else frozenset(), loopback=self.host == "localhost")
+        return AddressPolicy(
+            explicit=frozenset([ip]) if ip else frozenset(), loopback=self.host == "localhost"
+        )
 
 
 def parse_allow_list(value: str) -> tuple[AllowedPrefix, ...]:
@@ -167,67 +167,3 @@ async def check_addresses(parts: SplitResult, policy: AddressPolicy, param: str)
             "lists that address literally (e.g. http://10.0.0.5:8080/) or, for loopback, localhost",
             param=param,
         )
-
-
-class PinnedBackend(httpcore2.AsyncNetworkBackend):
-    """The connect-time check (3): resolves the host itself and dials only addresses the policy permits."""
-
-    def __init__(self, policy: AddressPolicy) -> None:
-        self.policy = policy
-        self.inner = httpcore2.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore2.AsyncNetworkStream:
-        try:
-            addresses = await resolve(host, port)
-        except OSError as exc:
-            raise httpcore2.ConnectError(f"cannot resolve {host}: {exc}") from None
-        permitted = [ip for ip in addresses if self.policy.permits(ip)]
-        if not permitted or len(permitted) != len(addresses):
-            raise httpcore2.ConnectError(f"{host} resolves to an address that is not allowed")
-        error: Exception | None = None
-        for ip in permitted:  # TLS still verifies the certificate against `host` (httpcore passes it)
-            try:
-                return await self.inner.connect_tcp(
-                    str(ip), port, timeout=timeout, local_address=local_address, socket_options=socket_options
-                )
-            except httpcore2.ConnectError as exc:
-                error = exc
-        raise error or httpcore2.ConnectError(f"cannot connect to {host}")
-
-    async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)
-
-
-class PinnedTransport(httpx2.AsyncHTTPTransport):
-    """httpx2's transport on a PinnedBackend; no proxies from the environment (they would dial for us)."""
-
-    def __init__(self, policy: AddressPolicy) -> None:
-        super().__init__(trust_env=False)
-        # The transport builds its pool without a backend hook, so the pool is rebuilt with one.
-        self._pool = httpcore2.AsyncConnectionPool(
-            ssl_context=httpx2.create_ssl_context(trust_env=False),
-            network_backend=PinnedBackend(policy),
-        )
-
-
-def pinned_client(
-    policy: AddressPolicy,
-    headers: dict[str, str] | None = None,
-    timeout: httpx2.Timeout | None = None,
-    auth: httpx2.Auth | None = None,
-) -> httpx2.AsyncClient:
-    """An HTTP client for one MCP server, with the MCP transports' usual 30 s / 300 s read timeouts."""
-    return httpx2.AsyncClient(
-        transport=PinnedTransport(policy),
-        headers=headers,
-        timeout=timeout or httpx2.Timeout(30.0, read=300.0),
-        auth=auth,
-        trust_env=False,
-    )

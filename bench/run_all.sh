@@ -70,6 +70,8 @@ section() { # title command...: runs a part, records its failure, keeps going
   fi
   # shellcheck disable=SC2086 # BENCH_CACHE_ARGS is a word list on purpose
   section "Prompt cache (bench/prompt_cache_bench.py)" "$REPO/.venv/bin/python" "$HERE/prompt_cache_bench.py" $CACHE_ARGS
+  # /v1/responses with store: true vs /v1/chat/completions on the mock upstream at c=64 (issue 10)
+  section "Responses vs chat (bench/responses_bench.py)" "$REPO/.venv/bin/python" "$HERE/responses_bench.py"
   section "Speech (bench/speech_rtf.py)" "$REPO/.venv/bin/python" "$HERE/speech_rtf.py" \
     --runs "$([ "${BENCH_QUICK:-0}" != 0 ] && echo 1 || echo 3)"
   if [ "${#FAILED[@]}" != 0 ]; then

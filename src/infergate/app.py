@@ -42,6 +42,7 @@ FAST_ROUTES = {
     for prefix in ("/v1", "")
     for method, path, endpoint in (
         ("POST", "/chat/completions", chat.create_chat_completion),
+        ("POST", "/responses", responses.create_response),
         ("GET", "/models", models.list_models),
     )
 }

@@ -59,7 +59,7 @@ async def run_response(
         ):
             yield event
         return
-    toolset = await _open_mcp(params)
+    toolset = await _open_mcp(params, body)
     try:
         async for event in _run_chat(
             platform, spec, engine, params, toolset, key_uuid=key_uuid, request_id=request_id,
@@ -71,12 +71,19 @@ async def run_response(
             await toolset.close()
 
 
-async def _open_mcp(params: ResponsesRequest) -> Any:
+async def _open_mcp(params: ResponsesRequest, body: dict[str, Any]) -> Any:
+    """The request's MCP servers, connected and listed (None without `mcp` tools)."""
     if not params.mcp_tools:
         return None
-    from infergate.responses.mcp import McpToolset  # the MCP helper's module
+    from infergate.responses.mcp import McpSettings, McpToolset
 
-    return await McpToolset.open(params.mcp_tools)
+    global _MCP_SETTINGS
+    if _MCP_SETTINGS is None:
+        _MCP_SETTINGS = McpSettings.from_env()
+    return await McpToolset.open(body.get("tools"), _MCP_SETTINGS)
+
+
+_MCP_SETTINGS: Any = None
 
 
 class _Run:
@@ -89,7 +96,7 @@ class _Run:
         self.created_at = int(time.time())
         self.output: list[dict[str, Any]] = []
         self.seq = Sequencer()
-        owner = (lambda name: toolset.server_label(name) if toolset.owns(name) else None) if toolset else None
+        owner = (lambda name: toolset.server_of(name)[0] if toolset.owns(name) else None) if toolset else None
         self.builder = OutputBuilder(self.seq, self.output, owner)
         self.tool_output_tokens = 0
 
@@ -128,7 +135,7 @@ async def _run_chat(
         live_usage=engine.live_usage,
     )
     budget = Budget(meter)
-    max_steps = toolset.max_steps if toolset is not None else 1
+    max_steps = toolset.settings.max_steps if toolset is not None else 1
     status, error = "completed", None
     try:
         step = 0
@@ -239,7 +246,8 @@ def _mcp_listing(run: _Run, toolset: Any) -> list[Event]:
 
 
 def _call_result(done: dict[str, Any]) -> dict[str, Any]:
-    return {k: done[k] for k in ("output", "error") if k in done}
+    """A finished mcp_call's fields, on the item already announced (it keeps its id)."""
+    return {k: v for k, v in done.items() if k not in ("id", "type")}
 
 
 def _chat_request(
@@ -273,8 +281,8 @@ def _error_code(exc: InfergateError) -> str:
 async def store_response(
     platform: Any, params: ResponsesRequest, final: dict[str, Any], input_items: list[dict[str, Any]], key: Any
 ) -> None:
-    if not params.store or key is None:
-        return
+    if not params.store or key is None or params.background:
+        return  # a background response is stored by its job (responses/background.py)
     store = getattr(platform, "responses", None)
     if store is None:
         log.warning("response %s not stored: no response store on this platform", final["id"])

@@ -185,17 +185,14 @@ def chat_messages(items: list[dict[str, Any]], instructions: str | None) -> list
             msg = assistant_for_calls()
             msg["_open"] = True
             call_id = item.get("call_id") or item["id"]
+            name = item["name"]
             msg["tool_calls"].append(
-                {
-                    "id": call_id,
-                    "type": "function",
-                    "function": {"name": item["name"], "arguments": item.get("arguments") or "{}"},
-                }
+                {"id": call_id, "type": "function", "function": {"name": name, "arguments": item.get("arguments") or "{}"}}
             )
             if kind == "mcp_call":
                 result = item.get("output")
                 if result is None:
-                    result = f"error: {json.dumps(item.get('error'))}"
+                    result = f"Error: {json.dumps(item.get('error'))}"
                 messages.append({"role": "tool", "tool_call_id": call_id, "content": str(result)})
         elif kind == "function_call_output":
             messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": item.get("output") or ""})

@@ -183,6 +183,7 @@ def test_colliding_names_are_namespaced(mcp_server: McpTestServer) -> None:
         "two__add",
     ]
     assert toolset.server_label("one__lookup") == "one" and toolset.tool_name("one__lookup") == "lookup"
+    assert toolset.server_of("two__add") == ("two", "add")
     assert not toolset.owns("lookup")  # the client's function tool keeps its name
     assert toolset.max_steps == McpSettings().max_steps
 

@@ -270,6 +270,11 @@ class McpToolset:
     def owns(self, name: str) -> bool:
         return name in self._by_name
 
+    def server_of(self, name: str) -> tuple[str, str]:
+        """(server_label, the MCP server's own tool name) of a chat tool name this toolset owns."""
+        conn, tool = self._by_name[name]
+        return conn.spec.label, str(tool.name)
+
     def server_label(self, name: str) -> str:
         return self._by_name[name][0].spec.label
 

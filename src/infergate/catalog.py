@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -26,6 +26,7 @@ CACHE_PRICE_MULTIPLIERS = {
     "cache_write_1h": Decimal(2),
     "cache_read": Decimal("0.1"),
 }
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"  # slashes too: fal-ai/flux/schnell
 BUILTIN_CREATED = 1764028800  # 2025-11-25, a fixed `created` so /v1/models is stable across restarts
 
 
@@ -37,8 +38,12 @@ class ModelSpec(BaseModel):
     # strict: TOML values are typed, so a quoted number or "yes" for a boolean is a typo to report
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+    id: str = Field(min_length=1, max_length=200, pattern=MODEL_ID_PATTERN)
     kind: Kind = "chat"
+    # other public ids served by this entry (e.g. "fal-ai/fast-sdxl" on a local diffusers pipeline)
+    aliases: list[Annotated[str, Field(min_length=1, max_length=200, pattern=MODEL_ID_PATTERN)]] = Field(
+        default_factory=list, max_length=50
+    )
     backend: Backend
     name: str | None = None
     owned_by: str = "infergate"
@@ -194,9 +199,11 @@ class Catalog:
 
     def __init__(self, models: list[ModelSpec]) -> None:
         self._by_id: dict[str, ModelSpec] = {m.id: m for m in models}
+        self._aliases: dict[str, ModelSpec] = {a: m for m in models for a in m.aliases if a not in self._by_id}
 
     def get(self, model_id: str) -> ModelSpec | None:
-        return self._by_id.get(model_id)
+        """The entry with this id, or the one listing it in `aliases`."""
+        return self._by_id.get(model_id) or self._aliases.get(model_id)
 
     def __iter__(self) -> Iterator[ModelSpec]:
         return iter(self._by_id.values())
@@ -247,6 +254,13 @@ class Catalog:
                 spec = spec.model_copy(update={"path": _default_gguf(data_dir)})
             seen.add(spec.id)
             models[spec.id] = spec
+        names: dict[str, str] = {}
+        for spec in models.values():
+            for alias in spec.aliases:
+                owner = alias if alias in models else names.get(alias)
+                if owner is not None:
+                    raise CatalogError(f"catalog entry '{spec.id}': field 'aliases': '{alias}' is already used by '{owner}'")
+                names[alias] = spec.id
         return cls(list(models.values()))
 
 

@@ -1,4 +1,4 @@
-"""`infergate serve | keys | usage | migrate`."""
+"""`infergate serve | worker | keys | usage | migrate`."""
 
 from __future__ import annotations
 
@@ -39,6 +39,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except CatalogError as exc:
         print(f"infergate: {exc}", file=sys.stderr)
         return 2
+    from infergate.jobs.worker import check_settings as check_job_settings
+
+    check_job_settings()  # INFERGATE_JOB_*, _WORKER_*, _WEBHOOK_*: a bad value exits 2 before binding
     if bool(args.tls_cert) != bool(args.tls_key):
         print("infergate: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
@@ -60,6 +63,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     run(args.host, args.port, args.server, args.workers, args.tls_cert, args.tls_key)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Standalone job workers: the same database (and media store) as the servers, no HTTP."""
+    import asyncio
+    import logging
+
+    from infergate.jobs.worker import check_settings, run_standalone
+
+    settings = Settings.from_env()
+    settings.load_catalog()  # a bad catalog stops the start here, naming the entry
+    check_settings()  # a bad INFERGATE_JOB_*, _WORKER_*, _WEBHOOK_* value exits 2, naming the variable
+    _migrate(settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run_standalone(settings, args.concurrency))
     return 0
 
 
@@ -133,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (pydo needs it)")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run a standalone job worker (async-invoke, background jobs)")
+    worker.add_argument("--concurrency", type=int, help="jobs run at once (default INFERGATE_WORKER_CONCURRENCY, 4)")
+    worker.set_defaults(func=cmd_worker)
 
     keys = sub.add_parser("keys", help="manage model access keys")
     ksub = keys.add_subparsers(dest="action", required=True)

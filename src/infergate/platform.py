@@ -18,6 +18,7 @@ from infergate.engines.base import ChatEngine, Engine
 from infergate.engines.registry import BackendMissing, build_engine
 from infergate.errors import InvalidRequest, NotFound, Unavailable
 from infergate.metering import Charge, Meter
+from infergate.responses.mcp import default_settings as mcp_settings
 from infergate.storage.db import open_database
 from infergate.storage.keys import KeyRepository
 from infergate.storage.ledger import LedgerRepository
@@ -42,6 +43,7 @@ class Platform:
             settings.data_dir / "ledger-spill.jsonl",
             flush_interval=settings.ledger_flush_ms / 1000,
         )
+        self.mcp_settings = mcp_settings()  # INFERGATE_MCP_*: a bad value stops the start
         self.engines: dict[str, Engine] = {}
         self.engine_errors: dict[str, str] = {}
         self.draining = False

@@ -1,0 +1,183 @@
+"""The `async-invoke` job kind: a fal-style model call (image, speech, ...) run by a worker.
+
+What a model kind needs to be served through async-invoke is registered here per catalog kind
+(`register_invoke_kind`): `parse` validates the job's `input` at submit time (a 400 naming
+`input.<field>`) and again in the worker; `run` does the work, bills it and returns fal's output.
+Built in: `tts` (SpeechEngine, output `audio {url, content_type, file_name, file_size}`) and
+`image` (ImageEngine through engines/image_common.py, output `images [...]`).
+
+Billing: `run` opens `platform.admit(Charge(spec, job.id, ...))`. The job id is the ledger's
+request id, so a job that runs twice (its first worker died) is billed once.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from infergate.catalog import ModelSpec
+from infergate.engines.base import Engine, ImageEngine, RequestContext, SpeechEngine, SpeechRequest
+from infergate.errors import InvalidRequest, NotFound, Unavailable
+from infergate.jobs.queue import Job, RetryLater
+from infergate.jobs.worker import register_handler
+from infergate.metering import Charge
+from infergate.schemas.async_invoke import SpeechInput, parse_input
+
+log = logging.getLogger("infergate.jobs")
+KIND = "async-invoke"
+ENDPOINT = "async-invoke"
+UNAVAILABLE_RETRY_SECONDS = 5.0  # a model still loading: try again after this
+
+
+@dataclass(frozen=True)
+class InvokeKind:
+    engine_type: type[Engine]
+    parse: Callable[[ModelSpec, dict[str, Any]], Any]
+    run: Callable[[Job, ModelSpec, Any, Any, Any], Awaitable[Any]]  # (job, spec, engine, params, platform)
+
+
+INVOKE_KINDS: dict[str, InvokeKind] = {}
+
+
+def register_invoke_kind(
+    model_kind: str,
+    engine_type: type[Engine],
+    parse: Callable[[ModelSpec, dict[str, Any]], Any],
+    run: Callable[[Job, ModelSpec, Any, Any, Any], Awaitable[Any]],
+) -> None:
+    INVOKE_KINDS[model_kind] = InvokeKind(engine_type, parse, run)
+
+
+def resolve(platform: Any, model_id: str) -> tuple[ModelSpec, InvokeKind, Engine]:
+    """The model's spec (aliases resolved), its kind's handlers and its engine: 404 for an
+    unknown model, 400 for a kind async-invoke does not serve, 503 for a model that cannot serve."""
+    spec = platform.catalog.get(model_id)
+    if spec is None:
+        raise NotFound(
+            f"The model '{model_id}' does not exist; GET /v1/models lists the available ones.",
+            param="model_id",
+            code="model_not_found",
+        )
+    kind = INVOKE_KINDS.get(spec.kind)
+    if kind is None:
+        raise InvalidRequest(
+            f"The model '{model_id}' is a {spec.kind} model; async-invoke serves "
+            f"{', '.join(sorted(INVOKE_KINDS))} models.",
+            param="model_id",
+            code="model_not_supported",
+        )
+    engine = platform.engines.get(spec.id)
+    if not isinstance(engine, kind.engine_type):
+        reason = platform.engine_errors.get(spec.id, "no engine")
+        raise Unavailable(f"The model '{model_id}' cannot serve: {reason}", code="model_unavailable")
+    return spec, kind, engine
+
+
+def check_submission(platform: Any, model_id: str, raw_input: dict[str, Any]) -> ModelSpec:
+    """Submit-time checks: the model serves async-invoke and the input is valid for it."""
+    spec, kind, _engine = resolve(platform, model_id)
+    kind.parse(spec, raw_input)
+    return spec
+
+
+async def run_invoke(job: Job, platform: Any) -> Any:
+    model_id = job.model_id or ""
+    try:
+        spec, kind, engine = resolve(platform, model_id)
+        reason = engine.readiness()
+        if reason is not None:
+            raise Unavailable(f"The model '{model_id}' cannot serve yet: {reason}")
+    except Unavailable as exc:
+        raise RetryLater(exc.message, UNAVAILABLE_RETRY_SECONDS) from None
+    params = kind.parse(spec, job.payload.get("input", {}))
+    return await kind.run(job, spec, engine, params, platform)
+
+
+def _charge(job: Job, spec: ModelSpec) -> Charge:
+    return Charge(spec, job.id, job.key_uuid, ENDPOINT, time.perf_counter())
+
+
+# -- speech ----------------------------------------------------------------------------------------
+
+
+def parse_speech(_spec: ModelSpec, raw: dict[str, Any]) -> SpeechInput:
+    return parse_input(SpeechInput, raw)
+
+
+def finished_wav(audio: bytes) -> bytes:
+    """A stored WAV gets its real sizes (the streaming header says 'unknown length')."""
+    if audio[:4] != b"RIFF" or len(audio) < 44:
+        return audio
+    return audio[:4] + struct.pack("<I", len(audio) - 8) + audio[8:40] + struct.pack("<I", len(audio) - 44) + audio[44:]
+
+
+AUDIO_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm"}
+
+
+async def run_speech(job: Job, spec: ModelSpec, engine: SpeechEngine, params: SpeechInput, platform: Any) -> Any:
+    # live usage: the engine sets the character count once synthesis starts
+    meter = await platform.admit(_charge(job, spec), live_usage=True)
+    try:
+        request = SpeechRequest(
+            text=params.text,
+            voice=params.voice,
+            speed=params.speed,
+            response_format=params.output_format,
+            context=RequestContext(request_id=job.id, key_uuid=job.key_uuid, usage=meter.usage),
+        )
+        audio = b"".join([chunk async for chunk in engine.speak(request)])
+        if params.output_format == "wav":
+            audio = finished_wav(audio)
+        content_type = AUDIO_TYPES[params.output_format]
+        ref = await platform.media.save(
+            audio,
+            content_type=content_type,
+            key_uuid=job.key_uuid,
+            file_name=f"{job.id}.{params.output_format}",
+            meta={"model": spec.id, "request_id": job.id},
+        )
+        output = {
+            "audio": {
+                "url": platform.media.signed_url(ref),
+                "content_type": content_type,
+                "file_name": ref.file_name,
+                "file_size": ref.size,
+            }
+        }
+    except BaseException as exc:
+        meter.fail(exc)
+        raise
+    meter.settle(200, meter.usage)
+    return output
+
+
+# -- images ----------------------------------------------------------------------------------------
+
+
+def parse_image(_spec: ModelSpec, raw: dict[str, Any]) -> Any:
+    from infergate.schemas.images import parse_fal_image_input
+
+    return parse_fal_image_input(raw)
+
+
+async def run_image(job: Job, spec: ModelSpec, engine: ImageEngine, params: Any, platform: Any) -> Any:
+    from infergate.engines.image_common import run_fal_image_job
+
+    meter = await platform.admit(_charge(job, spec), max_output_tokens=None)
+    try:
+        context = RequestContext(request_id=job.id, key_uuid=job.key_uuid, usage=meter.usage)
+        output, usage = await run_fal_image_job(engine, params, context, platform.media)
+    except BaseException as exc:
+        meter.fail(exc)
+        raise
+    meter.settle(200, usage)
+    return output
+
+
+register_invoke_kind("tts", SpeechEngine, parse_speech, run_speech)
+register_invoke_kind("image", ImageEngine, parse_image, run_image)
+register_handler(KIND, run_invoke)

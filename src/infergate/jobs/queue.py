@@ -1,0 +1,497 @@
+"""The durable job queue: one table in our own database, SQLite or PostgreSQL.
+
+No queue library fits: pgqueuer and procrastinate are PostgreSQL-only, huey's SQL storage drops a
+job its worker dies with, and Celery/RQ/saq need a broker. So the queue is this module, with
+`bench/jobs_bench.py` (against pgqueuer) as its check.
+
+Life of a job: QUEUED -> IN_PROGRESS -> COMPLETED | FAILED | CANCELLED.
+
+- `submit` commits the row before it returns: an accepted job survives any crash.
+- `claim` takes due jobs with a lease: `FOR UPDATE SKIP LOCKED` on PostgreSQL (workers never
+  wait on each other), one conditional UPDATE on SQLite (writes are serialized there). A claim
+  gets a fresh lease token; every later write of the worker (heartbeat, complete, fail) is
+  conditional on it, so a worker that lost its lease can never overwrite the job.
+- A worker that dies (kill -9, crash, lost connection) stops renewing its lease; once it expires
+  the job is claimable again, up to `max_attempts` claims, then FAILED with the reason.
+- `cancel` of a running job marks it CANCELLED at once; its worker sees the row change (or is
+  told directly, in-process) and cancels the handler's task.
+- When a job with a `webhook_url` ends, a `webhook` job is inserted in the same transaction
+  (an outbox): the notification is as durable as the result (jobs/webhooks.py delivers it).
+
+How another module adds a job kind (background responses do this)::
+
+    from infergate.jobs.worker import register_handler
+
+    async def run_background_response(job: Job, platform: Platform) -> dict:
+        ...  # job.payload is what was submitted; bill with request_id=job.id (see below)
+        return {"response": ...}  # stored as the job's output (JSON)
+
+    register_handler("response", run_background_response)
+
+    # and to enqueue, from an api module:
+    job = await platform.jobs.submit("response", {"body": ...}, key_uuid=key.uuid, job_id=resp_id)
+
+Add the handler's module to `worker.HANDLER_MODULES` so standalone `infergate worker`
+processes import it too. A handler raises `InfergateError` for a clean FAILED with its message,
+`RetryLater` to be run again after a delay (counted against `max_attempts`); any other exception
+is FAILED as an internal error. A handler may run more than once (its worker died mid-job), so
+it bills with `Charge(spec, job.id, job.key_uuid, ...)`: the ledger keeps one row per request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, and_, func, or_, select, true, update
+from sqlalchemy import exc as sa_exc
+
+from infergate.config import float_env, int_env
+from infergate.errors import Conflict
+from infergate.jobs.tables import ACTIVE, job_deliveries, job_tags, jobs
+
+QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = "QUEUED", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED"
+STATUSES = (QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED)
+WEBHOOK_KIND = "webhook"
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class RetryLater(Exception):  # noqa: N818 - a request, not an error
+    """Raised by a handler: run the job again after `delay` seconds (if attempts remain)."""
+
+    def __init__(self, reason: str, delay: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    lease_seconds: float = 30.0  # a worker renews its leases every third of this
+    max_attempts: int = 3  # claims of one job before it is FAILED (its workers kept dying)
+    webhook_attempts: int = 8  # deliveries of one notification (1 s, 2 s, 4 s ... apart)
+
+    @classmethod
+    def from_env(cls) -> QueueSettings:
+        return cls(
+            lease_seconds=float_env("INFERGATE_JOB_LEASE_SECONDS", 30.0, minimum=0.5),
+            max_attempts=int_env("INFERGATE_JOB_MAX_ATTEMPTS", 3, minimum=1),
+            webhook_attempts=int_env("INFERGATE_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    kind: str
+    status: str
+    key_uuid: str | None
+    model_id: str | None
+    payload: dict[str, Any]
+    output: Any
+    error: str | None
+    tags: list[dict[str, str]]
+    webhook_url: str | None
+    webhook_status: str | None
+    attempts: int
+    max_attempts: int
+    lease_token: str | None
+    created_us: int
+    started_us: int | None
+    completed_us: int | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Job:
+        m = row._mapping if hasattr(row, "_mapping") else row
+        return cls(
+            id=m["id"],
+            kind=m["kind"],
+            status=m["status"],
+            key_uuid=m["key_uuid"],
+            model_id=m["model_id"],
+            payload=orjson.loads(m["payload"]),
+            output=orjson.loads(m["output"]) if m["output"] is not None else None,
+            error=m["error"],
+            tags=orjson.loads(m["tags"]) if m["tags"] else [],
+            webhook_url=m["webhook_url"],
+            webhook_status=m["webhook_status"],
+            attempts=m["attempts"],
+            max_attempts=m["max_attempts"],
+            lease_token=m["lease_token"],
+            created_us=m["created_us"],
+            started_us=m["started_us"],
+            completed_us=m["completed_us"],
+        )
+
+
+def _visible(key_uuid: str | None, admin: bool) -> Any:
+    """Jobs a caller may see: its own, or every job for the admin token."""
+    return true() if admin else jobs.c.key_uuid == key_uuid
+
+
+class JobQueue:
+    """The queue's operations; the async ones run their SQL in a thread."""
+
+    def __init__(self, engine: Engine, settings: QueueSettings | None = None) -> None:
+        self.engine = engine
+        self.settings = settings or QueueSettings()
+        self.postgres = engine.dialect.name == "postgresql"
+        # in-process workers subscribe: woken at once on submit, told at once of a cancel
+        self.on_submit: list[Callable[[str], None]] = []
+        self.on_cancel: list[Callable[[str], None]] = []
+
+    # -- producers -------------------------------------------------------------------------------
+    async def submit(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        key_uuid: str | None,
+        job_id: str | None = None,
+        tags: Sequence[dict[str, str]] = (),
+        webhook_url: str | None = None,
+        model_id: str | None = None,
+        max_attempts: int | None = None,
+        delay: float = 0.0,
+    ) -> Job:
+        """Enqueue a job, committed before this returns. A duplicate `job_id` is a Conflict."""
+        job = await asyncio.to_thread(
+            self.submit_now, kind, payload, key_uuid, job_id, tags, webhook_url, model_id, max_attempts, delay
+        )
+        for wake in self.on_submit:
+            wake(kind)
+        return job
+
+    def submit_now(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        key_uuid: str | None,
+        job_id: str | None = None,
+        tags: Sequence[dict[str, str]] = (),
+        webhook_url: str | None = None,
+        model_id: str | None = None,
+        max_attempts: int | None = None,
+        delay: float = 0.0,
+    ) -> Job:
+        """`submit` without the thread hop or the wake-up (for CLI tools and benchmarks)."""
+        row = self._new_row(kind, payload, key_uuid, job_id, tags, webhook_url, model_id, max_attempts, delay)
+        try:
+            with self.engine.begin() as conn:
+                self._insert(conn, [row])
+        except sa_exc.IntegrityError:
+            raise Conflict(f"A job with id '{row['id']}' already exists.", code="duplicate_job") from None
+        return Job.from_row(row)
+
+    def submit_many(self, kind: str, payloads: Iterable[dict[str, Any]], key_uuid: str | None = None) -> int:
+        """Enqueue many jobs in one transaction (benchmarks, bulk tools)."""
+        rows = [self._new_row(kind, p, key_uuid) for p in payloads]
+        with self.engine.begin() as conn:
+            self._insert(conn, rows)
+        return len(rows)
+
+    def _new_row(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        key_uuid: str | None,
+        job_id: str | None = None,
+        tags: Sequence[dict[str, str]] = (),
+        webhook_url: str | None = None,
+        model_id: str | None = None,
+        max_attempts: int | None = None,
+        delay: float = 0.0,
+    ) -> dict[str, Any]:
+        now = now_us()
+        return {
+            "id": job_id or str(uuid.uuid4()),
+            "kind": kind,
+            "key_uuid": key_uuid,
+            "model_id": model_id,
+            "status": QUEUED,
+            "payload": orjson.dumps(payload).decode(),
+            "output": None,
+            "error": None,
+            "tags": orjson.dumps(list(tags)).decode() if tags else None,
+            "webhook_url": webhook_url,
+            "webhook_status": "pending" if webhook_url else None,
+            "attempts": 0,
+            "max_attempts": max_attempts or self.settings.max_attempts,
+            "lease_token": None,
+            "due_us": now + int(delay * 1e6),
+            "created_us": now,
+            "started_us": None,
+            "completed_us": None,
+            "updated_us": now,
+        }
+
+    @staticmethod
+    def _insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
+        conn.execute(jobs.insert(), rows)
+        tag_rows = {
+            (r["id"], t["key"], t["value"]): None for r in rows if r["tags"] for t in orjson.loads(r["tags"])
+        }
+        if tag_rows:
+            conn.execute(job_tags.insert(), [{"job_id": i, "key": k, "value": v} for i, k, v in tag_rows])
+
+    # -- workers ---------------------------------------------------------------------------------
+    def claim(self, kinds: Sequence[str], limit: int) -> list[Job]:
+        """Lease up to `limit` due jobs of these kinds (queued, or running with an expired lease).
+
+        A job claimed past its `max_attempts` is FAILED here instead of being handed out."""
+        now = now_us()
+        token = uuid.uuid4().hex
+        due = (
+            select(jobs.c.id)
+            .where(ACTIVE, jobs.c.due_us <= now, jobs.c.kind.in_(kinds))
+            .order_by(jobs.c.due_us)
+            .limit(limit)
+        )
+        if self.postgres:
+            due = due.with_for_update(skip_locked=True)
+        stmt = (
+            update(jobs)
+            .where(jobs.c.id.in_(due.scalar_subquery()))
+            .values(
+                status=IN_PROGRESS,
+                lease_token=token,
+                due_us=now + int(self.settings.lease_seconds * 1e6),
+                attempts=jobs.c.attempts + 1,
+                started_us=func.coalesce(jobs.c.started_us, now),
+                updated_us=now,
+            )
+            .returning(*jobs.c)
+        )
+        with self.engine.begin() as conn:
+            claimed = [Job.from_row(r) for r in conn.execute(stmt)]
+            exhausted = [j for j in claimed if j.attempts > j.max_attempts]
+            for job in exhausted:
+                reason = (
+                    f"The job was abandoned {job.max_attempts} time(s): its worker stopped (killed, "
+                    "crashed or cut off from the database) before finishing it; not retried again."
+                )
+                self._finish(conn, job, FAILED, None, reason)
+        return [j for j in claimed if j.attempts <= j.max_attempts]
+
+    def heartbeat(self, leases: Sequence[tuple[str, str]]) -> set[str]:
+        """Extend the leases still held; returns the ids whose lease is lost (cancelled, taken over)."""
+        now = now_us()
+        lost: set[str] = set()
+        with self.engine.begin() as conn:
+            for job_id, token in leases:
+                result = conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.lease_token == token, jobs.c.status == IN_PROGRESS)
+                    .values(due_us=now + int(self.settings.lease_seconds * 1e6), updated_us=now)
+                )
+                if result.rowcount == 0:
+                    lost.add(job_id)
+        return lost
+
+    def lost_leases(self, leases: Sequence[tuple[str, str]]) -> set[str]:
+        """Read-only check of the same: which of these jobs were cancelled or taken over."""
+        held = dict(leases)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs.c.id, jobs.c.status, jobs.c.lease_token).where(jobs.c.id.in_(list(held)))
+            ).all()
+        still = {r.id for r in rows if r.status == IN_PROGRESS and r.lease_token == held[r.id]}
+        return set(held) - still
+
+    def complete(self, job: Job, output: Any) -> bool:
+        with self.engine.begin() as conn:
+            return self._finish(conn, job, COMPLETED, output, None)
+
+    def complete_many(self, done: Sequence[tuple[Job, Any]]) -> list[bool]:
+        """Several completions in one transaction (a busy worker's batch)."""
+        with self.engine.begin() as conn:
+            return [self._finish(conn, job, COMPLETED, output, None) for job, output in done]
+
+    def fail(self, job: Job, error: str) -> bool:
+        with self.engine.begin() as conn:
+            return self._finish(conn, job, FAILED, None, error)
+
+    def retry(self, job: Job, delay: float, error: str) -> bool:
+        """Back to QUEUED after `delay` seconds, or FAILED with `error` when no attempt is left."""
+        if job.attempts >= job.max_attempts:
+            return self.fail(job, error)
+        now = now_us()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                self._held(job).values(
+                    status=QUEUED, lease_token=None, due_us=now + int(delay * 1e6), error=error, updated_us=now
+                )
+            )
+        return result.rowcount == 1
+
+    def release(self, job: Job) -> bool:
+        """Give a job back unfinished (graceful shutdown): queued again, this attempt not counted."""
+        now = now_us()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                self._held(job).values(
+                    status=QUEUED, lease_token=None, due_us=now, attempts=jobs.c.attempts - 1, updated_us=now
+                )
+            )
+        return result.rowcount == 1
+
+    def next_due_us(self, kinds: Sequence[str]) -> int | None:
+        """When the earliest job of these kinds becomes claimable (None: no active job)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.min(jobs.c.due_us)).where(ACTIVE, jobs.c.kind.in_(kinds))).scalar()
+
+    @staticmethod
+    def _held(job: Job) -> Any:
+        """An UPDATE of a job that applies only while this claim still holds its lease."""
+        return update(jobs).where(
+            jobs.c.id == job.id, jobs.c.lease_token == job.lease_token, jobs.c.status == IN_PROGRESS
+        )
+
+    def _finish(self, conn: Connection, job: Job, status: str, output: Any, error: str | None) -> bool:
+        now = now_us()
+        values: dict[str, Any] = {
+            "status": status,
+            "lease_token": None,
+            "completed_us": now,
+            "updated_us": now,
+            "error": error,
+        }
+        if output is not None:
+            values["output"] = orjson.dumps(output).decode()
+        if conn.execute(self._held(job).values(**values)).rowcount != 1:
+            return False  # cancelled meanwhile, or another worker took the job over
+        self._notify(conn, job)
+        return True
+
+    def _notify(self, conn: Connection, job: Job) -> None:
+        """The outbox: a finished job's webhook is queued with its result, atomically."""
+        if job.webhook_url and job.kind != WEBHOOK_KIND:
+            row = self._new_row(
+                WEBHOOK_KIND,
+                {"job_id": job.id},
+                job.key_uuid,
+                job_id=f"wh-{job.id}",
+                max_attempts=self.settings.webhook_attempts,
+            )
+            self._insert(conn, [row])
+
+    # -- owners (api) ----------------------------------------------------------------------------
+    async def get(self, job_id: str, key_uuid: str | None = None, *, admin: bool = False) -> Job | None:
+        return await asyncio.to_thread(self.get_now, job_id, key_uuid, admin)
+
+    def get_now(self, job_id: str, key_uuid: str | None = None, admin: bool = False) -> Job | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id, _visible(key_uuid, admin))).first()
+        return Job.from_row(row) if row is not None else None
+
+    async def cancel(self, job_id: str, key_uuid: str | None = None, *, admin: bool = False) -> Job | None:
+        """Cancel a queued or running job: the cancelled job, None if not visible, Conflict if done."""
+        job = await asyncio.to_thread(self._cancel, job_id, key_uuid, admin)
+        if job is not None:
+            for tell in self.on_cancel:
+                tell(job_id)
+        return job
+
+    def _cancel(self, job_id: str, key_uuid: str | None, admin: bool) -> Job | None:
+        now = now_us()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, _visible(key_uuid, admin), ACTIVE)
+                .values(
+                    status=CANCELLED,
+                    lease_token=None,
+                    completed_us=now,
+                    updated_us=now,
+                    error="Cancelled by the client.",
+                )
+                .returning(*jobs.c)
+            ).first()
+            if row is not None:
+                job = Job.from_row(row)
+                self._notify(conn, job)
+                return job
+        job = self.get_now(job_id, key_uuid, admin)
+        if job is None:
+            return None
+        raise Conflict(f"The job '{job_id}' is already {job.status} and cannot be cancelled.", code="job_done")
+
+    async def list(
+        self,
+        kind: str,
+        key_uuid: str | None = None,
+        *,
+        admin: bool = False,
+        statuses: Sequence[str] = (),
+        tags: Sequence[tuple[str, str]] = (),
+        model_id: str | None = None,
+        limit: int = 20,
+        after: str | None = None,
+    ) -> tuple[list[Job], bool]:
+        """Newest first; `after` is the id of the last job of the previous page. Returns (jobs, more)."""
+        return await asyncio.to_thread(
+            self._list, kind, key_uuid, admin, statuses, tags, model_id, limit, after
+        )
+
+    def _list(
+        self,
+        kind: str,
+        key_uuid: str | None,
+        admin: bool,
+        statuses: Sequence[str],
+        tags: Sequence[tuple[str, str]],
+        model_id: str | None,
+        limit: int,
+        after: str | None,
+    ) -> tuple[list[Job], bool]:
+        stmt = select(jobs).where(jobs.c.kind == kind, _visible(key_uuid, admin))
+        if statuses:
+            stmt = stmt.where(jobs.c.status.in_(list(statuses)))
+        if model_id:
+            stmt = stmt.where(jobs.c.model_id == model_id)
+        for tag_key, tag_value in tags:
+            tagged = select(job_tags.c.job_id).where(job_tags.c.key == tag_key, job_tags.c.value == tag_value)
+            stmt = stmt.where(jobs.c.id.in_(tagged))
+        with self.engine.connect() as conn:
+            if after:
+                cursor = conn.execute(select(jobs.c.created_us).where(jobs.c.id == after)).scalar()
+                if cursor is not None:
+                    stmt = stmt.where(
+                        or_(jobs.c.created_us < cursor, and_(jobs.c.created_us == cursor, jobs.c.id < after))
+                    )
+            rows = conn.execute(
+                stmt.order_by(jobs.c.created_us.desc(), jobs.c.id.desc()).limit(limit + 1)
+            ).all()
+        found = [Job.from_row(r) for r in rows]
+        return found[:limit], len(found) > limit
+
+    # -- webhook delivery log ----------------------------------------------------------------------
+    def record_delivery(
+        self, job_id: str, attempt: int, status_code: int | None, error: str | None, duration_ms: float,
+        outcome: str | None,
+    ) -> None:
+        """Log one delivery attempt; `outcome` ('delivered', 'failed') ends the job's webhook state."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                job_deliveries.insert().values(
+                    job_id=job_id, attempt=attempt, at_us=now_us(), status_code=status_code,
+                    error=error, duration_ms=round(duration_ms, 3),
+                )
+            )
+            if outcome:
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(webhook_status=outcome))
+
+    def deliveries(self, job_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(job_deliveries).where(job_deliveries.c.job_id == job_id).order_by(job_deliveries.c.id)
+            ).all()
+        return [dict(r._mapping) for r in rows]

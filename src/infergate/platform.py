@@ -17,6 +17,8 @@ from infergate.config import Settings
 from infergate.engines.base import ChatEngine, Engine
 from infergate.engines.registry import BackendMissing, build_engine
 from infergate.errors import InvalidRequest, NotFound, Unavailable
+from infergate.jobs.queue import JobQueue, QueueSettings
+from infergate.jobs.worker import Worker, WorkerSettings, start_worker
 from infergate.metering import Charge, Meter
 from infergate.responses.mcp import default_settings as mcp_settings
 from infergate.storage.db import open_database
@@ -44,6 +46,9 @@ class Platform:
             flush_interval=settings.ledger_flush_ms / 1000,
         )
         self.mcp_settings = mcp_settings()  # INFERGATE_MCP_*: a bad value stops the start
+        self.jobs = JobQueue(self.db, QueueSettings.from_env())  # durable async jobs (jobs/)
+        self.worker_settings = WorkerSettings.from_env()  # `infergate worker` overrides it
+        self.job_worker: Worker | None = None
         self.engines: dict[str, Engine] = {}
         self.engine_errors: dict[str, str] = {}
         self.draining = False
@@ -66,9 +71,13 @@ class Platform:
                 log.error("model %s failed to start: %s", model_id, result)
                 self.engine_errors[model_id] = f"failed to start: {result}"
                 del self.engines[model_id]
+        # last: a worker claims jobs only once the engines they need are up
+        self.job_worker = await start_worker(self, self.worker_settings)
 
     async def close(self) -> None:
         self.draining = True
+        if self.job_worker is not None:  # running jobs finish (or are handed back) before engines close
+            await self.job_worker.stop()
         await asyncio.gather(*(e.close() for e in self.engines.values()), return_exceptions=True)
         await self.ledger.close()
         await self.key_cache.close()

@@ -9,6 +9,8 @@ picks the behaviour of POST /v1/chat/completions:
                   answers in text once the last message is a tool result
   "vision"        says how many image_url parts it received
   "cutoff"        answers max_tokens words and finish_reason "length"
+  "mcpcaller"     calls the MCP tool `lookup` (key capital-of-france), then answers with its result
+  "looper"        calls the MCP tool `add` on every turn (never answers: the loop bound ends it)
 POST /v1/responses answers natively (model "native"): a Responses object, or its SSE events.
 Every body received is kept in `requests`.
 """
@@ -82,6 +84,17 @@ class ResponsesStandIn:
                 plan["calls"] = [{"id": "call_standin1", "name": name, "arguments": ['{"city"', ': "Paris"}']}]
                 plan["finish"] = "tool_calls"
             elif messages and messages[-1].get("role") == "tool":
+                plan["content"] = ["Tool", " said:", " " + str(messages[-1].get("content"))]
+        elif model in ("mcpcaller", "looper"):  # call an MCP tool by name, answer once it said something
+            names = [t["function"]["name"] for t in body.get("tools") or []]
+            done = messages and messages[-1].get("role") == "tool"
+            if model == "looper" or not done:
+                name, args = ("add", '{"a": 1, "b": 2}') if model == "looper" else ("lookup", '{"key": "capital-of-france"}')
+                if name in names:
+                    plan["content"] = []
+                    plan["calls"] = [{"id": f"call_{len(messages)}", "name": name, "arguments": [args[:5], args[5:]]}]
+                    plan["finish"] = "tool_calls"
+            else:
                 plan["content"] = ["Tool", " said:", " " + str(messages[-1].get("content"))]
         elif model == "vision":
             images = sum(

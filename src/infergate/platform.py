@@ -20,11 +20,13 @@ from infergate.errors import InvalidRequest, NotFound, Unavailable
 from infergate.jobs.queue import JobQueue, QueueSettings
 from infergate.jobs.worker import Worker, WorkerSettings, start_worker
 from infergate.metering import Charge, Meter
+from infergate.responses.background import sweep_forever as sweep_background_responses
 from infergate.responses.mcp import default_settings as mcp_settings
 from infergate.storage.db import open_database
 from infergate.storage.keys import KeyRepository
 from infergate.storage.ledger import LedgerRepository
 from infergate.storage.ledger_writer import LedgerWriter
+from infergate.storage.responses import ResponseStore, StoreSettings
 from infergate.tokens import warm_up as warm_up_tokenizer
 
 log = logging.getLogger("infergate")
@@ -49,6 +51,7 @@ class Platform:
         self.jobs = JobQueue(self.db, QueueSettings.from_env())  # durable async jobs (jobs/)
         self.worker_settings = WorkerSettings.from_env()  # `infergate worker` overrides it
         self.job_worker: Worker | None = None
+        self.responses = ResponseStore(self.db, StoreSettings.from_env())  # stored responses, conversations
         self.engines: dict[str, Engine] = {}
         self.engine_errors: dict[str, str] = {}
         self.draining = False
@@ -57,6 +60,9 @@ class Platform:
         # the estimating tokenizer loads in the background: no request waits on it
         self._tokenizer_warm_up = asyncio.create_task(asyncio.to_thread(warm_up_tokenizer))
         await self.ledger.start()
+        await self.responses.start()
+        # background responses whose job died are marked failed, never left in_progress
+        self._background_sweeper = asyncio.create_task(sweep_background_responses(self))
         await self.key_cache.start_fanout(self.settings.redis_url)
         for spec in self.catalog:
             try:
@@ -79,6 +85,8 @@ class Platform:
         if self.job_worker is not None:  # running jobs finish (or are handed back) before engines close
             await self.job_worker.stop()
         await asyncio.gather(*(e.close() for e in self.engines.values()), return_exceptions=True)
+        self._background_sweeper.cancel()
+        await self.responses.close()
         await self.ledger.close()
         await self.key_cache.close()
         self.db.dispose()

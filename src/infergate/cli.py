@@ -42,6 +42,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from infergate.jobs.worker import check_settings as check_job_settings
 
     check_job_settings()  # INFERGATE_JOB_*, _WORKER_*, _WEBHOOK_*: a bad value exits 2 before binding
+    from infergate.responses.mcp import default_settings as mcp_settings
+
+    mcp_settings()  # INFERGATE_MCP_*: a bad value exits 2 before binding
     if bool(args.tls_cert) != bool(args.tls_key):
         print("infergate: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2

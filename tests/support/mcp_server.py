@@ -7,6 +7,7 @@ One `McpTestServer` serves the same tools over both transports, each on its own 
 Tools:
   add(a, b)        the sum, as text
   lookup(key)      a fixed fact from FACTS ("unknown" otherwise); annotated read-only
+                   (with `McpTestServer(broken=True)` it raises instead)
   fail(reason)     raises: the call answers with isError (a tool-execution error)
   slow(seconds)    sleeps, for call timeouts
 Every HTTP request's headers are kept in `headers` (to check `headers` / `authorization` forwarding),
@@ -35,7 +36,8 @@ def _free_port() -> int:
 
 
 class McpTestServer:
-    def __init__(self) -> None:
+    def __init__(self, broken: bool = False) -> None:
+        self.broken = broken
         self.headers: list[dict[str, str]] = []
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.http_port = _free_port()
@@ -66,6 +68,8 @@ class McpTestServer:
         )
         def lookup(key: str) -> str:
             calls.append(("lookup", {"key": key}))
+            if self.broken:
+                raise LookupError(f"the fact store is down (asked for {key})")
             return FACTS.get(key, "unknown")
 
         @mcp.tool(description="Always fails with the given reason.")

@@ -327,3 +327,27 @@ def test_bad_allow_list_stops_the_start(tmp_path: Path, stand_in: ResponsesStand
     )
     result = proc.cli("serve", "--port", str(proc.port), check=False)
     assert result.returncode == 2 and "INFERGATE_MCP_ALLOWED_URLS" in result.stderr
+
+
+def test_previous_response_id_replays_the_mcp_items(
+    client: openai.OpenAI, mcp_server: McpTestServer, stand_in: ResponsesStandIn
+) -> None:
+    first = client.responses.create(
+        model="m-mcp", input="Capital of France?", tools=[mcp_tool(mcp_server.http_url)]
+    )
+    assert [i.type for i in first.output] == ["mcp_list_tools", "mcp_call", "message"]
+    stored = client.responses.retrieve(first.id)
+    strict(stored)
+    assert [i.type for i in stored.output] == ["mcp_list_tools", "mcp_call", "message"]
+    assert stored.output[1].output == "Paris"  # type: ignore[union-attr]
+    before = len(stand_in.requests)
+    second = client.responses.create(
+        model="m-mcp", input="Thanks!", previous_response_id=first.id, store=False
+    )
+    strict(second)
+    messages = requests_since(stand_in, before)[0]["messages"]
+    calls = [m for m in messages if m["role"] == "assistant" and m.get("tool_calls")]
+    assert calls and calls[0]["tool_calls"][0]["function"]["name"] == "lookup"
+    results = [m for m in messages if m["role"] == "tool"]
+    assert results and results[0]["content"] == "Paris"
+    assert messages[-1] == {"role": "user", "content": "Thanks!"}

@@ -119,7 +119,10 @@ class McpConnection:
                 f"MCP server '{self.spec.label}' did not answer within {self.settings.connect_timeout:g} s",
                 param=f"tools[{self.spec.index}].server_url",
             ) from None
-        except BaseException as exc:
+        except asyncio.CancelledError:
+            await self.close()
+            raise
+        except Exception as exc:
             await self.close()
             raise connect_error(self.spec, exc) from None
 
@@ -147,12 +150,14 @@ class McpConnection:
                 self.session = session
                 self._ready.set_result(None)
                 await self._stop.wait()
+        except asyncio.CancelledError:
+            self.session = None
+            self._ready.cancel()  # start() gave up waiting, or close() ended the session
+            raise
         except BaseException as exc:  # reported to start(); a failure later on shows in call()
+            self.session = None
             if not self._ready.done():
                 self._ready.set_exception(exc)
-            self.session = None
-            if isinstance(exc, asyncio.CancelledError):
-                raise
 
     async def _list(self, session: ClientSession) -> list[Any]:
         tools: list[Any] = []

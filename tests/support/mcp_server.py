@@ -119,5 +119,6 @@ class McpTestServer:
     def stop(self) -> None:
         for server in self._servers:
             server.should_exit = True
+            server.force_exit = True  # open MCP sessions (SSE streams) would hold the shutdown
         for thread in self._threads:
             thread.join(10)

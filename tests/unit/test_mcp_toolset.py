@@ -303,3 +303,55 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INFERGATE_MCP_MAX_STEPS", "0")
     with pytest.raises(SettingError, match="INFERGATE_MCP_MAX_STEPS"):
         McpSettings.from_env()
+
+
+def test_a_server_that_never_answers_is_cut_off_at_the_connect_timeout() -> None:
+    import socket
+    import time
+
+    with socket.socket() as listener:  # accepts connections (the kernel does) but never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        settings = McpSettings(
+            allowed_urls=parse_allow_list(f"http://127.0.0.1:{port}/"), connect_timeout=0.5
+        )
+        started = time.monotonic()
+        with pytest.raises(Unavailable) as err:
+            run(McpToolset.open([mcp_tool(f"http://127.0.0.1:{port}/mcp")], settings))
+        assert time.monotonic() - started < 5
+    assert err.value.param == "tools[0].server_url" and "did not answer within 0.5 s" in err.value.message
+
+
+def test_a_server_gone_mid_loop_makes_failed_items_not_exceptions() -> None:
+    server = McpTestServer().start()
+    stopped = False
+    try:
+
+        async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+            nonlocal stopped
+            toolset = await McpToolset.open([mcp_tool(server.http_url)], settings_for(server, call_timeout=3))
+            assert toolset is not None
+            try:
+                ok = await toolset.call("add", '{"a": 1, "b": 2}')
+                await asyncio.to_thread(server.stop)
+                stopped = True
+                gone = await toolset.call("add", '{"a": 1, "b": 2}')
+                return ok, gone
+            finally:
+                await toolset.close()
+
+        ok, gone = run(scenario())
+    finally:
+        if not stopped:
+            server.stop()
+    assert ok["output"] == "3"
+    assert (
+        gone["status"] == "failed"
+        and gone["output"] is None
+        and gone["error"]["type"]
+        in (
+            "mcp_protocol_error",
+            "http_error",
+        )
+    )

@@ -178,18 +178,20 @@ class McpConnection:
         ]
 
     async def close(self) -> None:
+        """End the session: politely when it is up (streamable HTTP says goodbye), else at once."""
         self._stop.set()
-        if self._task is None:
+        task = self._task
+        if task is None or task.done():
             return
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), 5)
-        except asyncio.CancelledError:
-            self._task.cancel()
+            if self.session is not None:
+                await asyncio.wait({task}, timeout=5)
+            if not task.done():  # still connecting, or stuck: cancelled
+                task.cancel()
+                await asyncio.wait({task})
+        except asyncio.CancelledError:  # the caller itself is cancelled: do not leave the task behind
+            task.cancel()
             raise
-        except Exception:  # a stuck session is cancelled: closing never fails
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
 
     async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> tuple[str | None, Any]:
         """(output text, None) or (None, the OpenAI-shaped error) of one tool call."""

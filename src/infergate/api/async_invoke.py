@@ -98,14 +98,18 @@ async def create_job(request: Request) -> Response:
     return json_response(job_object(job))
 
 
-@router.get("/async-invoke", response_model=JobList, responses=READ_ERRORS, summary="List async jobs, newest first")
+@router.get(
+    "/async-invoke", response_model=JobList, responses=READ_ERRORS, summary="List async jobs, newest first"
+)
 async def list_jobs(
     request: Request,
     status: list[str] | None = Query(None, description="QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED"),
     tag: list[str] | None = Query(None, description="key:value; every tag given must match"),
     model_id: str | None = Query(None, max_length=200),
     limit: int = Query(20, ge=1, le=100),
-    after: str | None = Query(None, max_length=64, description="request_id of the last job of the previous page"),
+    after: str | None = Query(
+        None, max_length=64, description="request_id of the last job of the previous page"
+    ),
 ) -> Response:
     key_uuid, admin = await _caller(request)
     statuses = [s.strip().upper() for value in status or [] for s in value.split(",") if s.strip()]
@@ -119,7 +123,14 @@ async def list_jobs(
             raise InvalidRequest(f"tag '{value[:100]}' must be key:value", param="tag")
         tags.append((name, tag_value))
     jobs, more = await platform_of(request).jobs.list(
-        invoke.KIND, key_uuid, admin=admin, statuses=statuses, tags=tags, model_id=model_id, limit=limit, after=after
+        invoke.KIND,
+        key_uuid,
+        admin=admin,
+        statuses=statuses,
+        tags=tags,
+        model_id=model_id,
+        limit=limit,
+        after=after,
     )
     data = [{**_render(request, j), "tags": j.tags} for j in jobs]
     return json_response(

@@ -1,1 +1,1 @@
-"""Durable jobs: the queue (queue.py), workers (worker.py), webhooks (webhooks.py), async-invoke (invoke.py)."""
+"""Durable jobs: queue.py (the queue), worker.py (workers), webhooks.py, invoke.py (async-invoke)."""

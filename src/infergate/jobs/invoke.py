@@ -112,13 +112,21 @@ def finished_wav(audio: bytes) -> bytes:
     """A stored WAV gets its real sizes (the streaming header says 'unknown length')."""
     if audio[:4] != b"RIFF" or len(audio) < 44:
         return audio
-    return audio[:4] + struct.pack("<I", len(audio) - 8) + audio[8:40] + struct.pack("<I", len(audio) - 44) + audio[44:]
+    return (
+        audio[:4]
+        + struct.pack("<I", len(audio) - 8)
+        + audio[8:40]
+        + struct.pack("<I", len(audio) - 44)
+        + audio[44:]
+    )
 
 
 AUDIO_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm"}
 
 
-async def run_speech(job: Job, spec: ModelSpec, engine: SpeechEngine, params: SpeechInput, platform: Any) -> Any:
+async def run_speech(
+    job: Job, spec: ModelSpec, engine: SpeechEngine, params: SpeechInput, platform: Any
+) -> Any:
     # live usage: the engine sets the character count once synthesis starts
     meter = await platform.admit(_charge(job, spec), live_usage=True)
     try:

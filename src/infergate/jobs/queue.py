@@ -55,7 +55,13 @@ from infergate.config import float_env, int_env
 from infergate.errors import Conflict
 from infergate.jobs.tables import ACTIVE, job_deliveries, job_tags, jobs
 
-QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = "QUEUED", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED"
+QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (
+    "QUEUED",
+    "IN_PROGRESS",
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+)
 STATUSES = (QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED)
 WEBHOOK_KIND = "webhook"
 
@@ -64,13 +70,28 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-class RetryLater(Exception):  # noqa: N818 - a request, not an error
+class RetryLater(Exception):
     """Raised by a handler: run the job again after `delay` seconds (if attempts remain)."""
 
     def __init__(self, reason: str, delay: float) -> None:
         super().__init__(reason)
         self.reason = reason
         self.delay = delay
+
+
+RETRY, RELEASE = "RETRY", "RELEASE"  # outcomes that queue the job again
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a claimed job ended: COMPLETED (output), FAILED (error), RETRY (after `delay`, unless no
+    attempt is left) or RELEASE (handed back at shutdown, the attempt not counted)."""
+
+    job: Job
+    status: str
+    output: Any = None
+    error: str | None = None
+    delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -133,8 +154,9 @@ class Job:
 
 
 def _visible(key_uuid: str | None, admin: bool) -> Any:
-    """Jobs a caller may see: its own, or every job for the admin token."""
-    return true() if admin else jobs.c.key_uuid == key_uuid
+    """Jobs a caller may see: a key its own; the admin token, or internal code passing no key, all.
+    (The api passes the calling key's uuid, never None, unless the caller is the admin.)"""
+    return true() if admin or key_uuid is None else jobs.c.key_uuid == key_uuid
 
 
 class JobQueue:
@@ -307,46 +329,45 @@ class JobQueue:
         return set(held) - still
 
     def complete(self, job: Job, output: Any) -> bool:
-        with self.engine.begin() as conn:
-            return self._finish(conn, job, COMPLETED, output, None)
-
-    def complete_many(self, done: Sequence[tuple[Job, Any]]) -> list[bool]:
-        """Several completions in one transaction (a busy worker's batch)."""
-        with self.engine.begin() as conn:
-            return [self._finish(conn, job, COMPLETED, output, None) for job, output in done]
+        return self.record([Outcome(job, COMPLETED, output=output)])[0]
 
     def fail(self, job: Job, error: str) -> bool:
-        with self.engine.begin() as conn:
-            return self._finish(conn, job, FAILED, None, error)
+        return self.record([Outcome(job, FAILED, error=error)])[0]
 
     def retry(self, job: Job, delay: float, error: str) -> bool:
         """Back to QUEUED after `delay` seconds, or FAILED with `error` when no attempt is left."""
-        if job.attempts >= job.max_attempts:
-            return self.fail(job, error)
-        now = now_us()
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                self._held(job).values(
-                    status=QUEUED, lease_token=None, due_us=now + int(delay * 1e6), error=error, updated_us=now
-                )
-            )
-        return result.rowcount == 1
+        return self.record([Outcome(job, RETRY, error=error, delay=delay)])[0]
 
     def release(self, job: Job) -> bool:
         """Give a job back unfinished (graceful shutdown): queued again, this attempt not counted."""
-        now = now_us()
+        return self.record([Outcome(job, RELEASE)])[0]
+
+    def record(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Write how jobs ended, in one transaction (a busy worker's batch). Each write applies only
+        while its claim holds the lease: False for a job cancelled or taken over meanwhile."""
         with self.engine.begin() as conn:
-            result = conn.execute(
-                self._held(job).values(
-                    status=QUEUED, lease_token=None, due_us=now, attempts=jobs.c.attempts - 1, updated_us=now
-                )
-            )
-        return result.rowcount == 1
+            return [self._apply(conn, o) for o in outcomes]
+
+    def _apply(self, conn: Connection, o: Outcome) -> bool:
+        job = o.job
+        if o.status == RETRY and job.attempts >= job.max_attempts:
+            return self._finish(conn, job, FAILED, None, o.error)
+        if o.status in (COMPLETED, FAILED):
+            return self._finish(conn, job, o.status, o.output, o.error)
+        now = now_us()
+        if o.status == RETRY:
+            values = {"due_us": now + int(o.delay * 1e6), "error": o.error}
+        else:  # RELEASE
+            values = {"due_us": now, "attempts": jobs.c.attempts - 1}
+        stmt = self._held(job).values(status=QUEUED, lease_token=None, updated_us=now, **values)
+        return conn.execute(stmt).rowcount == 1
 
     def next_due_us(self, kinds: Sequence[str]) -> int | None:
         """When the earliest job of these kinds becomes claimable (None: no active job)."""
         with self.engine.connect() as conn:
-            return conn.execute(select(func.min(jobs.c.due_us)).where(ACTIVE, jobs.c.kind.in_(kinds))).scalar()
+            return conn.execute(
+                select(func.min(jobs.c.due_us)).where(ACTIVE, jobs.c.kind.in_(kinds))
+            ).scalar()
 
     @staticmethod
     def _held(job: Job) -> Any:
@@ -422,7 +443,9 @@ class JobQueue:
         job = self.get_now(job_id, key_uuid, admin)
         if job is None:
             return None
-        raise Conflict(f"The job '{job_id}' is already {job.status} and cannot be cancelled.", code="job_done")
+        raise Conflict(
+            f"The job '{job_id}' is already {job.status} and cannot be cancelled.", code="job_done"
+        )
 
     async def list(
         self,
@@ -475,15 +498,24 @@ class JobQueue:
 
     # -- webhook delivery log ----------------------------------------------------------------------
     def record_delivery(
-        self, job_id: str, attempt: int, status_code: int | None, error: str | None, duration_ms: float,
+        self,
+        job_id: str,
+        attempt: int,
+        status_code: int | None,
+        error: str | None,
+        duration_ms: float,
         outcome: str | None,
     ) -> None:
         """Log one delivery attempt; `outcome` ('delivered', 'failed') ends the job's webhook state."""
         with self.engine.begin() as conn:
             conn.execute(
                 job_deliveries.insert().values(
-                    job_id=job_id, attempt=attempt, at_us=now_us(), status_code=status_code,
-                    error=error, duration_ms=round(duration_ms, 3),
+                    job_id=job_id,
+                    attempt=attempt,
+                    at_us=now_us(),
+                    status_code=status_code,
+                    error=error,
+                    duration_ms=round(duration_ms, 3),
                 )
             )
             if outcome:

@@ -77,7 +77,11 @@ class Prefix:
     def matches(self, parts: SplitResult) -> bool:
         host = (parts.hostname or "").rstrip(".").lower()
         same_host = host == self.host or (_ip(host) is not None and _ip(host) == _ip(self.host))
-        if parts.scheme != self.scheme or not same_host or (parts.port or DEFAULT_PORTS[parts.scheme]) != self.port:
+        if (
+            parts.scheme != self.scheme
+            or not same_host
+            or (parts.port or DEFAULT_PORTS[parts.scheme]) != self.port
+        ):
             return False
         path, base = parts.path or "/", self.path.rstrip("/")
         return path == self.path or path == base or path.startswith(base + "/")
@@ -130,7 +134,8 @@ def allowed_prefix(url: Any, config: WebhookSettings) -> Prefix:
     """The allow-list entry admitting `url`, or a 400 naming `webhook_url`."""
     if not config.allowed:
         raise InvalidRequest(
-            f"webhooks are disabled on this server: the operator must list the allowed URL prefixes in {ALLOW_VAR}",
+            "webhooks are disabled on this server: the operator must list the allowed URL prefixes "
+            f"in {ALLOW_VAR}",
             param="webhook_url",
         )
     try:
@@ -146,7 +151,8 @@ def allowed_prefix(url: Any, config: WebhookSettings) -> Prefix:
         if prefix.matches(parts):
             return prefix
     raise InvalidRequest(
-        f"webhook_url {url[:200]!r} is not allowed on this server: it must start with one of the prefixes in {ALLOW_VAR}",
+        f"webhook_url {url[:200]!r} is not allowed on this server: it must start with one of the "
+        f"prefixes in {ALLOW_VAR}",
         param="webhook_url",
     )
 
@@ -163,7 +169,9 @@ async def check_webhook_url(url: Any, config: WebhookSettings | None = None) -> 
     try:
         addresses = await resolve(parts.hostname or "", parts.port or DEFAULT_PORTS[parts.scheme])
     except OSError:
-        raise InvalidRequest(f"webhook_url host {parts.hostname!r} cannot be resolved", param="webhook_url") from None
+        raise InvalidRequest(
+            f"webhook_url host {parts.hostname!r} cannot be resolved", param="webhook_url"
+        ) from None
     if not addresses or not all(prefix.permits(ip) for ip in addresses):
         raise InvalidRequest(
             f"webhook_url host {parts.hostname!r} resolves to a loopback, private or reserved address; "
@@ -183,8 +191,14 @@ class PinnedResolver(AbstractResolver):
         if not addresses or not all(self.prefix.permits(ip) for ip in addresses):
             raise OSError(f"{host} resolves to an address that is not allowed")
         return [
-            {"hostname": host, "host": str(ip), "port": port, "family": socket.AF_INET6 if ip.version == 6 else
-             socket.AF_INET, "proto": 0, "flags": socket.AI_NUMERICHOST}
+            {
+                "hostname": host,
+                "host": str(ip),
+                "port": port,
+                "family": socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
             for ip in addresses
         ]
 
@@ -214,10 +228,12 @@ async def post(url: str, body: bytes, msg_id: str, config: WebhookSettings) -> i
     }
     connector = aiohttp.TCPConnector(resolver=PinnedResolver(prefix), force_close=True)
     timeout = aiohttp.ClientTimeout(total=config.timeout)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as session:
-        async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:
-            await response.read()
-            return response.status
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as session,
+        session.post(url, data=body, headers=headers, allow_redirects=False) as response,
+    ):
+        await response.read()
+        return response.status
 
 
 async def deliver(job: Job, platform: Any) -> Any:
@@ -241,7 +257,9 @@ async def deliver(job: Job, platform: Any) -> Any:
     ok = status is not None and 200 <= status < 300
     final = ok or refused or job.attempts >= job.max_attempts
     outcome = ("delivered" if ok else "failed") if final else None
-    await asyncio.to_thread(platform.jobs.record_delivery, target.id, job.attempts, status, error, elapsed_ms, outcome)
+    await asyncio.to_thread(
+        platform.jobs.record_delivery, target.id, job.attempts, status, error, elapsed_ms, outcome
+    )
     if ok:
         return {"delivered": status, "attempts": job.attempts}
     reason = f"webhook delivery {job.attempts} failed: {error or f'HTTP {status}'}"

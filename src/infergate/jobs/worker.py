@@ -27,7 +27,7 @@ from typing import Any
 
 from infergate.config import bool_env, int_env
 from infergate.errors import InfergateError
-from infergate.jobs.queue import Job, JobQueue, RetryLater
+from infergate.jobs.queue import COMPLETED, FAILED, RELEASE, RETRY, Job, JobQueue, Outcome, RetryLater
 
 log = logging.getLogger("infergate.jobs")
 Handler = Callable[[Job, Any], Awaitable[Any]]
@@ -82,12 +82,19 @@ class Worker:
         self._wake = asyncio.Event()
         self._slot = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._pending: list[tuple[Outcome, asyncio.Future[bool]]] = []  # outcomes waiting to be written
+        self._flusher: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.queue.on_submit.append(self._on_submit)
         self.queue.on_cancel.append(self._on_cancel)
         self._tasks = [asyncio.create_task(self._claim_loop()), asyncio.create_task(self._watch_loop())]
-        log.info("%s started: kinds %s, concurrency %d", self.name, ", ".join(self.kinds), self.settings.concurrency)
+        log.info(
+            "%s started: kinds %s, concurrency %d",
+            self.name,
+            ", ".join(self.kinds),
+            self.settings.concurrency,
+        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop claiming; let running jobs finish within `grace`, then hand the rest back."""
@@ -176,7 +183,7 @@ class Worker:
         try:
             outcome = await self._outcome(job)
             if job.id not in self._dropped:
-                await asyncio.to_thread(outcome)
+                await self._record(outcome)
         except Exception as exc:  # the database failed us: the lease expires and the job is retried
             log.warning("%s: job %s outcome not recorded (%s)", self.name, job.id, _short(exc))
         finally:
@@ -184,8 +191,8 @@ class Worker:
             self._dropped.discard(job.id)
             self._slot.set()
 
-    async def _outcome(self, job: Job) -> Callable[[], bool]:
-        """Run the handler; the queue write that records how it ended (run in a thread)."""
+    async def _outcome(self, job: Job) -> Outcome:
+        """Run the handler; how it ended."""
         try:
             output = await self.handlers[job.kind](job, self.platform)
         except asyncio.CancelledError:
@@ -193,16 +200,38 @@ class Worker:
                 log.info("%s: job %s stopped (cancelled or taken over)", self.name, job.id)
             else:
                 log.info("%s: job %s handed back at shutdown", self.name, job.id)
-            return lambda: self.queue.release(job)
+            return Outcome(job, RELEASE)
         except RetryLater as exc:
-            return lambda: self.queue.retry(job, exc.delay, exc.reason)
+            return Outcome(job, RETRY, error=exc.reason, delay=exc.delay)
         except InfergateError as exc:
-            return lambda: self.queue.fail(job, exc.message)
+            return Outcome(job, FAILED, error=exc.message)
         except Exception as exc:
             log.exception("%s: job %s (%s) failed", self.name, job.id, job.kind)
-            message = f"Internal error while running the job ({type(exc).__name__})."
-            return lambda: self.queue.fail(job, message)
-        return lambda: self.queue.complete(job, output)
+            return Outcome(job, FAILED, error=f"Internal error while running the job ({type(exc).__name__}).")
+        return Outcome(job, COMPLETED, output=output)
+
+    async def _record(self, outcome: Outcome) -> bool:
+        """Outcomes are written in groups: one transaction for all that ended while the previous
+        write was in flight (a busy worker commits once per batch, an idle one at once)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((outcome, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await asyncio.to_thread(self.queue.record, [o for o, _f in batch])
+            except Exception as exc:
+                for _o, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_o, future), ok in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(ok)
 
 
 def _short(exc: BaseException) -> str:
@@ -230,7 +259,9 @@ async def run_standalone(settings: Any, concurrency: int | None = None) -> None:
 
     platform = Platform(settings)
     ws = platform.worker_settings
-    platform.worker_settings = dataclasses.replace(ws, enabled=True, concurrency=concurrency or ws.concurrency)
+    platform.worker_settings = dataclasses.replace(
+        ws, enabled=True, concurrency=concurrency or ws.concurrency
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

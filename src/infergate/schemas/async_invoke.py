@@ -30,7 +30,9 @@ class Tag(BaseModel):
 class AsyncInvokeRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    model_id: str = Field(min_length=1, max_length=200, description="e.g. fal-ai/fast-sdxl or piper-en-us-joe")
+    model_id: str = Field(
+        min_length=1, max_length=200, description="e.g. fal-ai/fast-sdxl or piper-en-us-joe"
+    )
     input: dict[str, Any] = Field(description="the model's fal-style input")
     tags: list[Tag] | None = Field(default=None, max_length=MAX_TAGS)
     webhook_url: str | None = Field(

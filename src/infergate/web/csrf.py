@@ -1,0 +1,67 @@
+"""CSRF protection of the panel's state-changing requests, and the login rate limit.
+
+Every POST carries the session's CSRF token (form field `csrf_token` or header `X-CSRF-Token`);
+the session cookie is SameSite=Strict as well, and a request whose Origin is another site is
+refused before anything else. The login form, which has no session yet, uses a double-submit
+token: a random value in a SameSite=Strict cookie that the form must echo.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections import deque
+
+from starlette.requests import Request
+
+FIELD = "csrf_token"
+HEADER = "x-csrf-token"
+LOGIN_COOKIE = "infergate_login_csrf"
+
+
+def same_origin(request: Request) -> bool:
+    """A browser sends Origin on every POST; a value naming another site is a cross-site request."""
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return origin is None  # "null" (sandboxed frames, some redirects) is never ours
+    host = request.headers.get("host", "")
+    return origin.split("://", 1)[-1] == host
+
+
+def token_ok(expected: str | None, request: Request, form: dict[str, str]) -> bool:
+    sent = form.get(FIELD) or request.headers.get(HEADER) or ""
+    return bool(expected) and bool(sent) and hmac.compare_digest(sent.encode(), expected.encode())
+
+
+class LoginLimiter:
+    """Failed logins per client address in a sliding window (per process: enough to make guessing
+    a long admin token hopeless; the window is short so an operator who mistyped is not locked out)."""
+
+    def __init__(self, attempts: int, window: float) -> None:
+        self.attempts = attempts
+        self.window = window
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        failures = self._failures.setdefault(client, deque())
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        return failures
+
+    def retry_after(self, client: str, now: float | None = None) -> int:
+        """Seconds to wait before another attempt is looked at; 0 when one is allowed now."""
+        now = time.monotonic() if now is None else now
+        failures = self._recent(client, now)
+        if len(failures) < self.attempts:
+            return 0
+        return max(1, int(failures[0] + self.window - now + 0.999))
+
+    def failed(self, client: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._recent(client, now).append(now)
+        if len(self._failures) > 10_000:  # bounded memory: forget clients with no recent failure
+            for name in [c for c, f in self._failures.items() if not f]:
+                del self._failures[name]
+
+    def succeeded(self, client: str) -> None:
+        self._failures.pop(client, None)

@@ -1,0 +1,46 @@
+"""Models page: the catalog with live status, the playground and ready-to-copy snippets."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from infergate.web.data import model_rows, servable_ids
+from infergate.web.guard import Ctx, panel_page
+from infergate.web.playground import router as playground_router
+
+router = APIRouter()
+router.include_router(playground_router)
+
+
+def base_url(request: Request) -> str:
+    """This server as the browser reached it (what a client on the same network would use)."""
+    return str(request.base_url).rstrip("/")
+
+
+async def models_page(request: Request, ctx: Ctx) -> Response:
+    chat_models = servable_ids(ctx.platform, "chat")
+    chosen = request.query_params.get("model")
+    if chosen not in chat_models:
+        chosen = chat_models[0] if chat_models else "MODEL_ID"
+    return ctx.render(
+        request,
+        "models.html",
+        nav="models",
+        models=model_rows(ctx.platform),
+        chat_models=chat_models,
+        tts_models=servable_ids(ctx.platform, "tts"),
+        image_models=servable_ids(ctx.platform, "image"),
+        chosen=chosen,
+        base=base_url(request),
+    )
+
+
+async def models_status(request: Request, ctx: Ctx) -> Response:
+    """The status table alone: the page refreshes it every few seconds (htmx)."""
+    return ctx.render(request, "models_status.html", models=model_rows(ctx.platform))
+
+
+router.add_api_route("/panel/models", panel_page(models_page), methods=["GET"])
+router.add_api_route("/panel/models/status", panel_page(models_status), methods=["GET"])

@@ -73,7 +73,9 @@ def wrk(url: str, key: str, body: dict, concurrency: int, duration: int, work: P
     script = work / f"bench-{abs(hash(url))}.lua"
     script.write_text(LUA % json.dumps(body))
     cmd = [*pinned(0), "wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--timeout", "5s", "--latency"]
-    out = subprocess.run([*cmd, "-s", str(script), url], capture_output=True, text=True, env={**os.environ, "BENCH_KEY": key})
+    out = subprocess.run(
+        [*cmd, "-s", str(script), url], capture_output=True, text=True, env={**os.environ, "BENCH_KEY": key}
+    )
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")), "")
     if not line:
         raise RuntimeError(f"wrk gave no result: {out.stdout[-300:]} {out.stderr[-300:]}")
@@ -88,7 +90,9 @@ def stored_responses(data_dir: Path) -> int:
 def main() -> int:
     quick = os.environ.get("BENCH_QUICK", "0") not in ("", "0")
     parser = argparse.ArgumentParser()
-    parser.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", 2 if quick else 6)))
+    parser.add_argument(
+        "--duration", type=int, default=int(os.environ.get("BENCH_DURATION", 2 if quick else 6))
+    )
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -100,7 +104,8 @@ def main() -> int:
         mock_port, ig_port = free_port(), free_port()
         mock = subprocess.Popen(
             [*pinned(0), str(VENV_BIN / "python"), str(HERE / "mock_upstream.py"), str(mock_port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         procs.append(mock)
         wait_http(f"http://127.0.0.1:{mock_port}/v1/models", mock)
@@ -116,17 +121,33 @@ def main() -> int:
         }
         log = (work / "infergate.log").open("wb")
         ig = subprocess.Popen(
-            [*pinned(1), str(VENV_BIN / "infergate"), "serve", "--host", "127.0.0.1", "--port", str(ig_port),
-             "--workers", "1"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                *pinned(1),
+                str(VENV_BIN / "infergate"),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ig_port),
+                "--workers",
+                "1",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         procs.append(ig)
         wait_http(f"http://127.0.0.1:{ig_port}/health", ig)
-        made = subprocess.run([str(VENV_BIN / "infergate"), "keys", "create", "bench"], env=env, capture_output=True, text=True)
+        made = subprocess.run(
+            [str(VENV_BIN / "infergate"), "keys", "create", "bench"], env=env, capture_output=True, text=True
+        )
         key = json.loads(made.stdout)["secret_key"]
         base = f"http://127.0.0.1:{ig_port}/v1"
         rows = []
-        for name, path, body in (("chat.completions", "/chat/completions", CHAT), ("responses, store: true", "/responses", RESPONSES)):
+        for name, path, body in (
+            ("chat.completions", "/chat/completions", CHAT),
+            ("responses, store: true", "/responses", RESPONSES),
+        ):
             wrk(base + path, key, body, args.concurrency, 1, work)  # warm-up
             rows.append((name, wrk(base + path, key, body, args.concurrency, args.duration, work)))
         time.sleep(1)  # the last group commit
@@ -139,18 +160,24 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"infergate `serve --workers 1` on core 1, mock upstream and wrk on core 0; c={args.concurrency}, "
-          f"{args.duration}s per run after a 1 s warm-up, SQLite.\n")
+    print(
+        f"infergate `serve --workers 1` on core 1, mock upstream and wrk on core 0; c={args.concurrency}, "
+        f"{args.duration}s per run after a 1 s warm-up, SQLite.\n"
+    )
     print("| endpoint | req/s | p50 ms | p99 ms | errors | non-2xx |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, r in rows:
-        print(f"| {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']:.0f} | {r['non2xx']:.0f} |")
+        print(
+            f"| {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']:.0f} | {r['non2xx']:.0f} |"
+        )
     chat, resp = rows[0][1]["rps"], rows[1][1]["rps"]
     ratio = resp / chat if chat else 0.0
     verdict = "PASS" if ratio >= GOAL else "MISS"
     print(f"\n- responses/chat req/s: **{ratio:.2f}** (goal >= {GOAL:.2f}: {verdict})")
-    print(f"- stored responses after the runs: {stored} (responses answered, warm-up included: "
-          f"~{rows[1][1]['requests']:.0f} measured)")
+    print(
+        f"- stored responses after the runs: {stored} (responses answered, warm-up included: "
+        f"~{rows[1][1]['requests']:.0f} measured)"
+    )
     return 0
 
 

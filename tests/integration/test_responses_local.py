@@ -57,7 +57,9 @@ def test_create_answers_in_the_seeds_shape(local: ServerProcess, client: openai.
 
 
 def test_cut_output_is_incomplete(client: openai.OpenAI) -> None:
-    resp = client.responses.create(model=MODEL, input="Write a long story about a dragon.", max_output_tokens=5)
+    resp = client.responses.create(
+        model=MODEL, input="Write a long story about a dragon.", max_output_tokens=5
+    )
     strict(resp)
     assert resp.status == "incomplete" and resp.incomplete_details.reason == "max_output_tokens"
     assert resp.usage.output_tokens == 5 and resp.output[-1].status == "incomplete"
@@ -102,8 +104,13 @@ def test_required_function_tool_gives_a_function_call_item(client: openai.OpenAI
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     }
     resp = client.responses.create(
-        model=MODEL, input="What's the weather in Paris?", tools=[tool], tool_choice="required",
-        max_output_tokens=40, temperature=0, store=False,
+        model=MODEL,
+        input="What's the weather in Paris?",
+        tools=[tool],
+        tool_choice="required",
+        max_output_tokens=40,
+        temperature=0,
+        store=False,
     )
     strict(resp)
     call = resp.output[-1]
@@ -113,9 +120,15 @@ def test_required_function_tool_gives_a_function_call_item(client: openai.OpenAI
 
 def test_second_turn_reuses_the_first_turns_prefix(client: openai.OpenAI) -> None:
     system = "You are a helpful assistant. " * 30
-    first = client.responses.create(model=MODEL, input="Hello! Who are you?", instructions=system, max_output_tokens=8)
+    first = client.responses.create(
+        model=MODEL, input="Hello! Who are you?", instructions=system, max_output_tokens=8
+    )
     second = client.responses.create(
-        model=MODEL, input="And what can you do?", instructions=system, previous_response_id=first.id, max_output_tokens=8
+        model=MODEL,
+        input="And what can you do?",
+        instructions=system,
+        previous_response_id=first.id,
+        max_output_tokens=8,
     )
     strict(second)
     assert second.usage.input_tokens > first.usage.input_tokens
@@ -126,8 +139,11 @@ def _long_history(turns: int) -> list[dict[str, str]]:
     filler = "The quick brown fox jumps over the lazy dog. " * 12
     items: list[dict[str, str]] = []
     for i in range(turns):
-        items += [{"role": "user", "content": f"Turn {i}: {filler}"}, {"role": "assistant", "content": f"Noted {i}."}]
-    return items + [{"role": "user", "content": "Say hi."}]
+        items += [
+            {"role": "user", "content": f"Turn {i}: {filler}"},
+            {"role": "assistant", "content": f"Noted {i}."},
+        ]
+    return [*items, {"role": "user", "content": "Say hi."}]
 
 
 def test_truncation_disabled_refuses_a_prompt_that_does_not_fit(client: openai.OpenAI) -> None:

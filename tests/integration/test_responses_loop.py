@@ -43,7 +43,10 @@ def srv(
             f'\n[[models]]\nid = "{model_id}"\nbackend = "openai"\nbase_url = "{stand_in.base_url}"\n'
             f'upstream_model = "{upstream}"\ninput_price = 1.0\noutput_price = 2.0\n'
         )
-    env = {"INFERGATE_MCP_ALLOWED_URLS": f"http://127.0.0.1:{mcp_server.http_port}/", "INFERGATE_MCP_MAX_STEPS": "3"}
+    env = {
+        "INFERGATE_MCP_ALLOWED_URLS": f"http://127.0.0.1:{mcp_server.http_port}/",
+        "INFERGATE_MCP_MAX_STEPS": "3",
+    }
     proc = ServerProcess(tmp_path_factory.mktemp("resp-loop"), catalog, env=env).start()
     yield proc
     proc.stop()
@@ -55,7 +58,12 @@ def client(srv: ServerProcess) -> openai.OpenAI:
 
 
 def mcp_tool(server: McpTestServer) -> dict[str, Any]:
-    return {"type": "mcp", "server_label": "facts", "server_url": server.http_url, "require_approval": "never"}
+    return {
+        "type": "mcp",
+        "server_label": "facts",
+        "server_url": server.http_url,
+        "require_approval": "never",
+    }
 
 
 def strict(resp: Any) -> Response:
@@ -65,18 +73,29 @@ def strict(resp: Any) -> Response:
 def test_mcp_loop_calls_the_tool_and_answers(
     srv: ServerProcess, client: openai.OpenAI, mcp_server: McpTestServer, stand_in: ResponsesStandIn
 ) -> None:
-    resp = client.responses.create(model="r-mcp", input="Capital of France?", tools=[mcp_tool(mcp_server)], store=False)
+    resp = client.responses.create(
+        model="r-mcp", input="Capital of France?", tools=[mcp_tool(mcp_server)], store=False
+    )
     strict(resp)
     assert resp.status == "completed"
     assert [i.type for i in resp.output] == ["mcp_list_tools", "mcp_call", "message"]
     listing, call, _ = resp.output
     assert listing.server_label == "facts" and {t.name for t in listing.tools} >= {"add", "lookup"}
-    assert call.name == "lookup" and call.output == "Paris" and call.error is None and call.server_label == "facts"
+    assert (
+        call.name == "lookup"
+        and call.output == "Paris"
+        and call.error is None
+        and call.server_label == "facts"
+    )
     assert resp.output_text == "Tool said: Paris"
     assert ("lookup", {"key": "capital-of-france"}) in mcp_server.calls
     # the second model call saw the call and its result
     assert stand_in.requests[-1]["messages"][-2]["tool_calls"][0]["function"]["name"] == "lookup"
-    assert stand_in.requests[-1]["messages"][-1] == {"role": "tool", "tool_call_id": call.id, "content": "Paris"}
+    assert stand_in.requests[-1]["messages"][-1] == {
+        "role": "tool",
+        "tool_call_id": call.id,
+        "content": "Paris",
+    }
     raw = resp.model_dump()
     assert raw["usage"]["output_tokens_details"]["tool_output_tokens"] > 0
     # one ledger row for the two model calls, with both calls' tokens
@@ -86,7 +105,9 @@ def test_mcp_loop_calls_the_tool_and_answers(
 
 
 def test_mcp_loop_streams_mcp_events(client: openai.OpenAI, mcp_server: McpTestServer) -> None:
-    with client.responses.stream(model="r-mcp", input="Capital?", tools=[mcp_tool(mcp_server)], store=False) as s:
+    with client.responses.stream(
+        model="r-mcp", input="Capital?", tools=[mcp_tool(mcp_server)], store=False
+    ) as s:
         events = list(s)
         final = s.get_final_response()
     strict(final)
@@ -106,14 +127,21 @@ def test_mcp_loop_streams_mcp_events(client: openai.OpenAI, mcp_server: McpTestS
 
 
 def test_mcp_loop_is_bounded(client: openai.OpenAI, mcp_server: McpTestServer) -> None:
-    resp = client.responses.create(model="r-looper", input="Add forever", tools=[mcp_tool(mcp_server)], store=False)
+    resp = client.responses.create(
+        model="r-looper", input="Add forever", tools=[mcp_tool(mcp_server)], store=False
+    )
     strict(resp)
     assert resp.status == "incomplete"
     assert [i.type for i in resp.output].count("mcp_call") == 3  # INFERGATE_MCP_MAX_STEPS
 
 
 def test_mcp_url_outside_the_allow_list_is_refused(client: openai.OpenAI) -> None:
-    tool = {"type": "mcp", "server_label": "x", "server_url": "http://127.0.0.1:9/mcp", "require_approval": "never"}
+    tool = {
+        "type": "mcp",
+        "server_label": "x",
+        "server_url": "http://127.0.0.1:9/mcp",
+        "require_approval": "never",
+    }
     with pytest.raises(openai.BadRequestError) as err:
         client.responses.create(model="r-mcp", input="hi", tools=[tool], store=False)
     assert err.value.body["param"].startswith("tools")

@@ -290,7 +290,7 @@ def test_allow_list_and_private_address_refusals(
             if words == "server_label"
             else "server_url"
         )
-        assert error["param"] in (f"tools[1].{field}", f"tools.1.mcp.{field}"), error
+        assert error["param"] in (f"tools[1].{field}", f"tools.1.{field}", f"tools.1.mcp.{field}"), error
         assert words in error["message"] and error["type"] == "invalid_request_error"
         assert rows_where(srv, f"request_id = '{r.headers['x-request-id']}'", timeout=0.3) == []  # not billed
     assert len(stand_in.requests) == before_calls  # no model call

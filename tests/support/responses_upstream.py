@@ -66,7 +66,7 @@ class ResponsesStandIn:
 
     # -- chat completions -------------------------------------------------------------------------
     def _plan(self, body: dict[str, Any]) -> dict[str, Any]:
-        """What to answer: {"reasoning": [...], "field": ..., "content": [...], "calls": [...], "finish": ...}."""
+        """What to answer: reasoning words (in `field`), content words, tool calls, finish reason."""
         model = body.get("model", "")
         messages = body.get("messages") or []
         plan: dict[str, Any] = {"reasoning": [], "field": "reasoning_content", "content": ANSWER, "calls": []}
@@ -81,7 +81,9 @@ class ResponsesStandIn:
             if tools and not (messages and messages[-1].get("role") == "tool"):
                 name = tools[0]["function"]["name"]
                 plan["content"] = []
-                plan["calls"] = [{"id": "call_standin1", "name": name, "arguments": ['{"city"', ': "Paris"}']}]
+                plan["calls"] = [
+                    {"id": "call_standin1", "name": name, "arguments": ['{"city"', ': "Paris"}']}
+                ]
                 plan["finish"] = "tool_calls"
             elif messages and messages[-1].get("role") == "tool":
                 plan["content"] = ["Tool", " said:", " " + str(messages[-1].get("content"))]
@@ -89,10 +91,16 @@ class ResponsesStandIn:
             names = [t["function"]["name"] for t in body.get("tools") or []]
             done = messages and messages[-1].get("role") == "tool"
             if model == "looper" or not done:
-                name, args = ("add", '{"a": 1, "b": 2}') if model == "looper" else ("lookup", '{"key": "capital-of-france"}')
+                name, args = (
+                    ("add", '{"a": 1, "b": 2}')
+                    if model == "looper"
+                    else ("lookup", '{"key": "capital-of-france"}')
+                )
                 if name in names:
                     plan["content"] = []
-                    plan["calls"] = [{"id": f"call_{len(messages)}", "name": name, "arguments": [args[:5], args[5:]]}]
+                    plan["calls"] = [
+                        {"id": f"call_{len(messages)}", "name": name, "arguments": [args[:5], args[5:]]}
+                    ]
                     plan["finish"] = "tool_calls"
             else:
                 plan["content"] = ["Tool", " said:", " " + str(messages[-1].get("content"))]
@@ -113,7 +121,11 @@ class ResponsesStandIn:
     def _usage(self, body: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
         prompt = 10 + sum(len(str(m.get("content", ""))) // 8 for m in body.get("messages", []))
         out = len(plan["reasoning"]) + len(plan["content"]) + 5 * len(plan["calls"])
-        usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": out,
+            "total_tokens": prompt + out,
+        }
         if plan["reasoning"]:
             usage["completion_tokens_details"] = {"reasoning_tokens": len(plan["reasoning"])}
         return usage
@@ -129,7 +141,11 @@ class ResponsesStandIn:
             message[plan["field"]] = "".join(plan["reasoning"])
         if plan["calls"]:
             message["tool_calls"] = [
-                {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": "".join(c["arguments"])}}
+                {
+                    "id": c["id"],
+                    "type": "function",
+                    "function": {"name": c["name"], "arguments": "".join(c["arguments"])},
+                }
                 for c in plan["calls"]
             ]
         return web.json_response(
@@ -138,12 +154,16 @@ class ResponsesStandIn:
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": body.get("model"),
-                "choices": [{"index": 0, "message": message, "finish_reason": plan["finish"], "logprobs": None}],
+                "choices": [
+                    {"index": 0, "message": message, "finish_reason": plan["finish"], "logprobs": None}
+                ],
                 "usage": self._usage(body, plan),
             }
         )
 
-    async def _stream(self, request: web.Request, body: dict[str, Any], plan: dict[str, Any]) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], plan: dict[str, Any]
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
 
@@ -165,7 +185,12 @@ class ResponsesStandIn:
         for word in plan["content"]:
             await send({"content": word})
         for i, call in enumerate(plan["calls"]):
-            head = {"index": i, "id": call["id"], "type": "function", "function": {"name": call["name"], "arguments": ""}}
+            head = {
+                "index": i,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["name"], "arguments": ""},
+            }
             await send({"tool_calls": [head]})
             for frag in call["arguments"]:
                 await send({"tool_calls": [{"index": i, "function": {"arguments": frag}}]})
@@ -213,10 +238,36 @@ class ResponsesStandIn:
             {"type": "response.created", "response": start},
             {"type": "response.in_progress", "response": start},
             {"type": "response.output_item.added", "output_index": 0, "item": added},
-            {"type": "response.content_part.added", "item_id": "msg_native1", "output_index": 0, "content_index": 0, "part": part},
-            {"type": "response.output_text.delta", "item_id": "msg_native1", "output_index": 0, "content_index": 0, "delta": text, "logprobs": []},
-            {"type": "response.output_text.done", "item_id": "msg_native1", "output_index": 0, "content_index": 0, "text": text, "logprobs": []},
-            {"type": "response.content_part.done", "item_id": "msg_native1", "output_index": 0, "content_index": 0, "part": item["content"][0]},
+            {
+                "type": "response.content_part.added",
+                "item_id": "msg_native1",
+                "output_index": 0,
+                "content_index": 0,
+                "part": part,
+            },
+            {
+                "type": "response.output_text.delta",
+                "item_id": "msg_native1",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": text,
+                "logprobs": [],
+            },
+            {
+                "type": "response.output_text.done",
+                "item_id": "msg_native1",
+                "output_index": 0,
+                "content_index": 0,
+                "text": text,
+                "logprobs": [],
+            },
+            {
+                "type": "response.content_part.done",
+                "item_id": "msg_native1",
+                "output_index": 0,
+                "content_index": 0,
+                "part": item["content"][0],
+            },
             {"type": "response.output_item.done", "output_index": 0, "item": item},
             {"type": "response.completed", "response": final},
         ]

@@ -45,7 +45,9 @@ def test_text_without_think_passes_and_unclosed_think_stays_reasoning() -> None:
     assert split(["<thin"]) == [("text", "<thin")]
 
 
-def run(deltas: list[dict[str, Any]], finish: str = "stop", owner: Any = None) -> tuple[list[dict], list[dict]]:
+def run(
+    deltas: list[dict[str, Any]], finish: str = "stop", owner: Any = None
+) -> tuple[list[dict], list[dict]]:
     output: list[dict[str, Any]] = []
     out = ChatOutput(OutputBuilder(Sequencer(), output, owner))
     events = []
@@ -74,7 +76,9 @@ def test_items_get_true_output_indexes_and_consecutive_numbers() -> None:
         ("function_call", "completed"),
         ("function_call", "completed"),
     ]
-    added = [(e["output_index"], e["item"]["type"]) for e in events if e["type"] == "response.output_item.added"]
+    added = [
+        (e["output_index"], e["item"]["type"]) for e in events if e["type"] == "response.output_item.added"
+    ]
     assert added == [(0, "reasoning"), (1, "message"), (2, "function_call"), (3, "function_call")]
     done = [e["output_index"] for e in events if e["type"] == "response.output_item.done"]
     assert done == [0, 1, 2, 3]
@@ -102,16 +106,28 @@ def test_mcp_owned_calls_become_mcp_call_items() -> None:
 def test_function_calls_and_outputs_replay_as_chat_messages() -> None:
     items = [
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
-        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Let me check."}]},
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Let me check."}],
+        },
         {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "f", "arguments": "{}"},
         {"type": "function_call", "id": "fc_2", "call_id": "c2", "name": "g", "arguments": "{}"},
         {"type": "function_call_output", "call_id": "c1", "output": "one"},
         {"type": "function_call_output", "call_id": "c2", "output": "two"},
-        {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": "x"}]},
+        {
+            "type": "reasoning",
+            "id": "rs_1",
+            "summary": [],
+            "content": [{"type": "reasoning_text", "text": "x"}],
+        },
     ]
     messages = chat_messages(items, "sys")
     assert messages[0] == {"role": "system", "content": "sys"}
-    assert messages[2]["content"] == "Let me check." and [c["id"] for c in messages[2]["tool_calls"]] == ["c1", "c2"]
+    assert messages[2]["content"] == "Let me check." and [c["id"] for c in messages[2]["tool_calls"]] == [
+        "c1",
+        "c2",
+    ]
     assert messages[3:] == [
         {"role": "tool", "tool_call_id": "c1", "content": "one"},
         {"role": "tool", "tool_call_id": "c2", "content": "two"},

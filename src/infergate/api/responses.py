@@ -8,6 +8,7 @@ runner's events reach the client.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -50,7 +51,7 @@ async def create_response(request: Request) -> Response:
     started = time.perf_counter()
     key = await authenticate(request)
     body = await json_body(request)
-    params = validate(ResponsesRequest, body)
+    params = _validate(body)
     platform = platform_of(request)
     request.scope["state"]["model"] = params.model
     request_id = request_id_of(request)
@@ -79,6 +80,24 @@ async def create_response(request: Request) -> Response:
     return json_response(final)
 
 
+# Tags pydantic puts in an error's location after a tagged union's index ("tools.0.function.name").
+_TAGS = re.compile(
+    r"(?<=\.)(?:function|mcp|message|function_call|function_call_output|reasoning|mcp_list_tools|mcp_call"
+    r"|text|json_object|json_schema|input_text|input_image|output_text|refusal)\."
+)
+
+
+def _validate(body: dict[str, Any]) -> ResponsesRequest:
+    try:
+        return validate(ResponsesRequest, body)
+    except InvalidRequest as exc:
+        if exc.param:
+            tagged = exc.param
+            exc.param = _TAGS.sub("", tagged)
+            exc.message = exc.message.replace(tagged, exc.param, 1)
+        raise
+
+
 async def _history(platform: Any, params: ResponsesRequest, key_uuid: str) -> list[dict[str, Any]]:
     """The earlier items this response continues from (the store's, oldest first)."""
     if not params.previous_response_id and not params.conversation_id:
@@ -103,7 +122,9 @@ async def _background(
     try:
         from infergate.responses.background import start_background
     except ImportError:
-        raise InvalidRequest("background responses are not available on this server", param="background") from None
+        raise InvalidRequest(
+            "background responses are not available on this server", param="background"
+        ) from None
     queued = await start_background(
         platform, params, body, key_uuid=key_uuid, response_id=response_id, history=history
     )
@@ -130,7 +151,9 @@ async def _encode(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]
         yield _frame(event)
 
 
-async def _sse(events: AsyncIterator[dict[str, Any]], first: dict[str, Any], request_id: str) -> AsyncIterator[bytes]:
+async def _sse(
+    events: AsyncIterator[dict[str, Any]], first: dict[str, Any], request_id: str
+) -> AsyncIterator[bytes]:
     """The SSE body; the runner bills and settles whatever ends it (closing it on a client gone)."""
     last_seq = first.get("sequence_number", 0)
     try:

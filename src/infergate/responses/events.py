@@ -139,13 +139,19 @@ class OutputBuilder:
                 kind = "function_call"
             call = self._calls[index] = _Open(item, position, kind)
             self.output.append(item)  # the same dict: completed in place
-            events.append(self.seq.event("response.output_item.added", output_index=position, item=dict(item)))
+            events.append(
+                self.seq.event("response.output_item.added", output_index=position, item=dict(item))
+            )
         if arguments:
             call.text.append(arguments)
-            delta = "response.mcp_call_arguments.delta" if call.kind == "mcp_call" else (
-                "response.function_call_arguments.delta"
+            delta = (
+                "response.mcp_call_arguments.delta"
+                if call.kind == "mcp_call"
+                else ("response.function_call_arguments.delta")
             )
-            events.append(self.seq.event(delta, item_id=call.item["id"], output_index=call.index, delta=arguments))
+            events.append(
+                self.seq.event(delta, item_id=call.item["id"], output_index=call.index, delta=arguments)
+            )
         return events
 
     def finish(self, status: str) -> list[Event]:
@@ -201,17 +207,33 @@ class OutputBuilder:
         events = self._close_open()
         index = len(self.output)
         if kind == "reasoning":
-            item = {"type": "reasoning", "id": new_id("rs"), "summary": [], "content": [], "status": "in_progress"}
+            item = {
+                "type": "reasoning",
+                "id": new_id("rs"),
+                "summary": [],
+                "content": [],
+                "status": "in_progress",
+            }
             part = {"type": "reasoning_text", "text": ""}
         else:
-            item = {"type": "message", "id": new_id("msg"), "role": "assistant", "status": "in_progress", "content": []}
+            item = {
+                "type": "message",
+                "id": new_id("msg"),
+                "role": "assistant",
+                "status": "in_progress",
+                "content": [],
+            }
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
         self._open = _Open(item, index, kind)
         self.output.append(item)
         events.append(self.seq.event("response.output_item.added", output_index=index, item=dict(item)))
         events.append(
             self.seq.event(
-                "response.content_part.added", item_id=item["id"], output_index=index, content_index=0, part=part
+                "response.content_part.added",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                part=part,
             )
         )
         return events
@@ -226,7 +248,11 @@ class OutputBuilder:
             part: dict[str, Any] = {"type": "reasoning_text", "text": text}
             events.append(
                 self.seq.event(
-                    "response.reasoning_text.done", item_id=item["id"], output_index=index, content_index=0, text=text
+                    "response.reasoning_text.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    text=text,
                 )
             )
             item["status"] = "completed"
@@ -245,7 +271,11 @@ class OutputBuilder:
             item["status"] = status
         events.append(
             self.seq.event(
-                "response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part
+                "response.content_part.done",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                part=part,
             )
         )
         item["content"] = [part]

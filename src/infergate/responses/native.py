@@ -29,7 +29,11 @@ FINAL = ("response.completed", "response.incomplete", "response.failed")
 
 def _strip(item: dict[str, Any]) -> dict[str, Any]:
     """Items as input for the upstream: our ids mean nothing there."""
-    return {k: v for k, v in item.items() if k not in ("id", "status")} if item.get("type") == "message" else item
+    return (
+        {k: v for k, v in item.items() if k not in ("id", "status")}
+        if item.get("type") == "message"
+        else item
+    )
 
 
 def _usage(raw: Any) -> Usage:
@@ -88,7 +92,9 @@ async def run_native(
         raise UpstreamError(f"upstream {spec.id} is unreachable: {exc}") from None
     try:
         if response.status >= 400:
-            exc = engine._upstream_failure(response.status, await response.text(errors="replace"), response.headers)
+            exc = engine._upstream_failure(
+                response.status, await response.text(errors="replace"), response.headers
+            )
             meter.fail(exc)
             raise exc
         final: dict[str, Any] | None = None
@@ -99,12 +105,12 @@ async def run_native(
         else:
             async for event in _sse_events(response, spec.id):
                 kind = str(event.get("type") or "")
-                event = {**event, "sequence_number": seq.next}
-                seq.next += 1
                 if kind in FINAL:
                     final = event.get("response") or {}
                     output[:] = final.get("output") or output
                     break
+                event = {**event, "sequence_number": seq.next}
+                seq.next += 1
                 if kind.startswith("response.") and isinstance(event.get("response"), dict):
                     event["response"] = ours(str(event["response"].get("status") or "in_progress"), None)
                 elif kind == "response.output_item.done" and isinstance(event.get("item"), dict):
@@ -129,4 +135,6 @@ async def run_native(
     obj = ours(status, usage, final)
     obj["output_text"] = output_text(output)
     await store_response(platform, params, obj, input_items, key_uuid)
-    yield seq.event(f"response.{status}" if f"response.{status}" in FINAL else "response.completed", response=obj)
+    yield seq.event(
+        f"response.{status}" if f"response.{status}" in FINAL else "response.completed", response=obj
+    )

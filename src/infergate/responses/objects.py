@@ -59,7 +59,9 @@ def _tool_choice(params: ResponsesRequest) -> Any:
 
 def _text_config(params: ResponsesRequest) -> dict[str, Any]:
     fmt = params.text.format if params.text else None
-    out: dict[str, Any] = {"format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"}}
+    out: dict[str, Any] = {
+        "format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"}
+    }
     out["verbosity"] = (params.text.verbosity if params.text else None) or "medium"
     return out
 
@@ -93,6 +95,7 @@ def response_object(
         "id": response_id,
         "object": "response",
         "created_at": created_at,
+        "created": created_at,  # the gradient SDK's CreateResponseResponse requires it
         "completed_at": int(time.time()) if status == "completed" else None,
         "status": status,
         "background": params.background,

@@ -128,7 +128,9 @@ class ChatOutput:
             self.texts.append(str(name or "") + str(args))
             index = call.get("index", position)
             events += self._flush_text()
-            events += self.builder.tool_call(index if isinstance(index, int) else position, call.get("id"), name, args)
+            events += self.builder.tool_call(
+                index if isinstance(index, int) else position, call.get("id"), name, args
+            )
         return events
 
     def completion(self, body: dict[str, Any]) -> list[Event]:

@@ -8,10 +8,10 @@ not fit) fails before the first event, so a client gets a real 4xx rather than a
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from infergate.engines.base import ChatEngine, ChatRequest, ChatResult, RequestContext
@@ -54,16 +54,34 @@ async def run_response(
         from infergate.responses.native import run_native
 
         async for event in run_native(
-            platform, spec, engine, params, body, key_uuid=key_uuid, request_id=request_id,
-            response_id=response_id, history=history, input_items=input_items, started=started,
+            platform,
+            spec,
+            engine,
+            params,
+            body,
+            key_uuid=key_uuid,
+            request_id=request_id,
+            response_id=response_id,
+            history=history,
+            input_items=input_items,
+            started=started,
         ):
             yield event
         return
     toolset = await _open_mcp(params, body)
     try:
         async for event in _run_chat(
-            platform, spec, engine, params, toolset, key_uuid=key_uuid, request_id=request_id,
-            response_id=response_id, history=history, input_items=input_items, started=started,
+            platform,
+            spec,
+            engine,
+            params,
+            toolset,
+            key_uuid=key_uuid,
+            request_id=request_id,
+            response_id=response_id,
+            history=history,
+            input_items=input_items,
+            started=started,
         ):
             yield event
     finally:
@@ -102,8 +120,14 @@ class _Run:
 
     def response(self, status: str, usage: Usage | None = None, **extra: Any) -> dict[str, Any]:
         return response_object(
-            self.params, self.spec, self.response_id, self.created_at, status, self.output,
-            usage_object(usage, self.tool_output_tokens) if usage is not None else None, **extra,
+            self.params,
+            self.spec,
+            self.response_id,
+            self.created_at,
+            status,
+            self.output,
+            usage_object(usage, self.tool_output_tokens) if usage is not None else None,
+            **extra,
         )
 
 
@@ -145,15 +169,16 @@ async def _run_chat(
             out = ChatOutput(run.builder)
             first = step == 1
             try:
-                async for event in _model_call(engine, chat, out, params.stream, meter):
-                    if first:  # the call answered: the response exists from here on
-                        first = False
-                        yield run.seq.event("response.created", response=run.response("in_progress"))
-                        yield run.seq.event("response.in_progress", response=run.response("in_progress"))
-                        for ev in _mcp_listing(run, toolset):
-                            yield ev
-                    if event is not None:
-                        yield event
+                async with aclosing(_model_call(engine, chat, out, params.stream, meter)) as call_events:
+                    async for event in call_events:
+                        if first:  # the call answered: the response exists from here on
+                            first = False
+                            yield run.seq.event("response.created", response=run.response("in_progress"))
+                            yield run.seq.event("response.in_progress", response=run.response("in_progress"))
+                            for ev in _mcp_listing(run, toolset):
+                                yield ev
+                        if event is not None:
+                            yield event
             except InvalidRequest as exc:
                 if step == 1 and exc.code == "context_length_exceeded":
                     raise _context_error(exc, params) from None
@@ -169,7 +194,9 @@ async def _run_chat(
             if not mcp_calls:
                 break
             for call in mcp_calls:
-                yield run.seq.event("response.mcp_call.in_progress", item_id=call.item["id"], output_index=call.index)
+                yield run.seq.event(
+                    "response.mcp_call.in_progress", item_id=call.item["id"], output_index=call.index
+                )
                 done = await toolset.call(call.item["name"], call.item["arguments"])
                 run.tool_output_tokens += count_tokens(str(done.get("output") or ""))
                 for event in run.builder.mcp_result(call, _call_result(done)):
@@ -193,7 +220,9 @@ async def _run_chat(
         for event in run.builder.finish("incomplete"):
             yield event
         yield run.seq.event("error", code=error.code, message=error.message, param=error.param)
-        final = run.response("failed", budget.total, error={"code": _error_code(error), "message": error.message})
+        final = run.response(
+            "failed", budget.total, error={"code": _error_code(error), "message": error.message}
+        )
         await store_response(platform, params, final, input_items, key_uuid)
         yield run.seq.event("response.failed", response=final)
         return
@@ -240,7 +269,9 @@ def _mcp_listing(run: _Run, toolset: Any) -> list[Event]:
     events: list[Event] = []
     for item in toolset.list_items:
         middle = ["response.mcp_list_tools.in_progress"]
-        middle.append("response.mcp_list_tools.failed" if item.get("error") else "response.mcp_list_tools.completed")
+        middle.append(
+            "response.mcp_list_tools.failed" if item.get("error") else "response.mcp_list_tools.completed"
+        )
         events += run.builder.whole_item(item, middle)
     return events
 
@@ -263,9 +294,13 @@ def _chat_request(
         chat_params = ChatCompletionRequest.model_validate(body)
     except Exception as exc:  # pydantic ValidationError: our translation of the input is at fault
         err = invalid_from_validation(exc)  # type: ignore[arg-type]
-        raise InvalidRequest(f"input could not be translated for the model: {err.message}", param="input") from None
+        raise InvalidRequest(
+            f"input could not be translated for the model: {err.message}", param="input"
+        ) from None
     return ChatRequest(
-        params=chat_params, body=body, context=RequestContext(request_id=request_id, key_uuid=key_uuid, usage=usage)
+        params=chat_params,
+        body=body,
+        context=RequestContext(request_id=request_id, key_uuid=key_uuid, usage=usage),
     )
 
 
@@ -279,7 +314,11 @@ def _error_code(exc: InfergateError) -> str:
 
 
 async def store_response(
-    platform: Any, params: ResponsesRequest, final: dict[str, Any], input_items: list[dict[str, Any]], key: Any
+    platform: Any,
+    params: ResponsesRequest,
+    final: dict[str, Any],
+    input_items: list[dict[str, Any]],
+    key: Any,
 ) -> None:
     if not params.store or key is None or params.background:
         return  # a background response is stored by its job (responses/background.py)

@@ -52,7 +52,12 @@ def _part(part: Any, role: str) -> dict[str, Any]:
     if isinstance(part, InputImage):
         return {"type": "input_image", "image_url": part.image_url, "detail": part.detail, "file_id": None}
     if isinstance(part, OutputText):
-        return {"type": "output_text", "text": part.text, "annotations": list(part.annotations), "logprobs": []}
+        return {
+            "type": "output_text",
+            "text": part.text,
+            "annotations": list(part.annotations),
+            "logprobs": [],
+        }
     if isinstance(part, Refusal):
         return {"type": "refusal", "refusal": part.refusal}
     raise AssertionError(part)
@@ -187,7 +192,11 @@ def chat_messages(items: list[dict[str, Any]], instructions: str | None) -> list
             call_id = item.get("call_id") or item["id"]
             name = item["name"]
             msg["tool_calls"].append(
-                {"id": call_id, "type": "function", "function": {"name": name, "arguments": item.get("arguments") or "{}"}}
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": item.get("arguments") or "{}"},
+                }
             )
             if kind == "mcp_call":
                 result = item.get("output")
@@ -195,7 +204,9 @@ def chat_messages(items: list[dict[str, Any]], instructions: str | None) -> list
                     result = f"Error: {json.dumps(item.get('error'))}"
                 messages.append({"role": "tool", "tool_call_id": call_id, "content": str(result)})
         elif kind == "function_call_output":
-            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": item.get("output") or ""})
+            messages.append(
+                {"role": "tool", "tool_call_id": item["call_id"], "content": item.get("output") or ""}
+            )
     for msg in messages:
         msg.pop("_open", None)
     return messages

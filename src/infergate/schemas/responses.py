@@ -41,7 +41,9 @@ class InputImage(Strict):
     @model_validator(mode="after")
     def _url_given(self) -> InputImage:
         if not self.image_url:
-            raise ValueError("input_image needs image_url (an https:// or data: URL); file_id is not supported")
+            raise ValueError(
+                "input_image needs image_url (an https:// or data: URL); file_id is not supported"
+            )
         return self
 
 
@@ -183,7 +185,9 @@ class TextFormatJsonSchema(Strict):
     strict: bool | None = None
 
 
-TextFormat = Annotated[TextFormatPlain | TextFormatJsonObject | TextFormatJsonSchema, Field(discriminator="type")]
+TextFormat = Annotated[
+    TextFormatPlain | TextFormatJsonObject | TextFormatJsonSchema, Field(discriminator="type")
+]
 
 
 class TextConfig(Strict):
@@ -251,7 +255,9 @@ class ResponsesRequest(Strict):
         if isinstance(value, NamedMcpChoice):
             labels = {t.server_label for t in tools if isinstance(t, McpTool)}
             if value.server_label not in labels:
-                raise ValueError(f"tool_choice names MCP server {value.server_label!r}, which is not in tools")
+                raise ValueError(
+                    f"tool_choice names MCP server {value.server_label!r}, which is not in tools"
+                )
         return value
 
     @field_validator("background")

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Kind = Literal["chat", "image", "tts", "audio", "embedding"]
-Backend = Literal["llama_cpp", "openai", "diffusers", "espeak", "piper"]
+Backend = Literal["llama_cpp", "openai", "diffusers", "espeak", "piper", "fal"]
 
 SMOLLM2_ID = "smollm2-135m-instruct"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -57,11 +57,22 @@ class ModelSpec(BaseModel):
     idle_unload: float | None = Field(default=None, gt=0, description="seconds idle before unloading")
     prompt_cache_mb: float = Field(default=256, ge=0, description="saved prompt prefixes in memory (0: off)")
     prompt_cache_disk_mb: float = Field(default=1024, ge=0, description="spill of evicted prefixes (0: none)")
+    # a KV slot given to another prompt saves its state here first, so that conversation's next
+    # turn restores it instead of evaluating it again (llama.cpp server's --cache-ram)
+    slot_cache_mb: float = Field(default=2048, ge=0, description="saved slot states in memory (0: off)")
     # who may reuse a cached prompt prefix: the key that wrote it ("key"), or every key ("global")
     prompt_cache_scope: Literal["key", "global"] = "key"
     chat_template: str | None = Field(default=None, description="Jinja chat template instead of the GGUF's")
     # speech (tts): the voice used when a request names none (piper: a speaker; espeak: a language)
     voice: str | None = Field(default=None, min_length=1, max_length=100)
+    # images (kind "image"): pipeline defaults, extra sizes beyond 256/512/1024 squares, prices
+    steps: int | None = Field(default=None, ge=1, le=200, description="default num_inference_steps")
+    guidance_scale: float | None = Field(default=None, ge=0, le=50)
+    scheduler: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_]*Scheduler$")
+    sizes: list[str] = Field(default_factory=list, description="extra WIDTHxHEIGHT sizes this model takes")
+    default_size: str | None = Field(default=None, description="size when a request names none")
+    device: Literal["cpu", "cuda"] | None = None  # diffusers: default CUDA when present, else CPU
+    image_price: float = Field(default=0.0, ge=0, description="USD per generated image")
     # openai-compatible upstreams
     base_url: str | None = Field(default=None, pattern=r"^https?://")
     api_key_env: str | None = None
@@ -82,9 +93,23 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _backend_needs(self) -> ModelSpec:
-        if self.backend == "openai" and not self.base_url:
-            raise ValueError("backend 'openai' needs base_url")
+        if self.backend in ("openai", "fal") and not self.base_url:
+            raise ValueError(f"backend '{self.backend}' needs base_url")
         return self
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes_parse(cls, value: list[str]) -> list[str]:
+        for size in value:
+            parse_size(size)  # ValueError names the bad size
+        return value
+
+    @field_validator("default_size")
+    @classmethod
+    def _default_size_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)
+        return value
 
     @field_validator("chat_template")
     @classmethod
@@ -120,6 +145,21 @@ class ModelSpec(BaseModel):
         else:
             price = Decimal(str(self.input_price)) * CACHE_PRICE_MULTIPLIERS[which]
         return price * 1000
+
+
+# Image sizes: WIDTHxHEIGHT, each a multiple of 8 (latent diffusion's VAE downsamples by 8).
+MAX_IMAGE_SIDE = 4096
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """`"1024x768"` -> (1024, 768); ValueError for anything else."""
+    width, sep, height = size.partition("x")
+    if not (sep and width.isdigit() and height.isdigit()):
+        raise ValueError(f"size {size!r} is not WIDTHxHEIGHT")
+    w, h = int(width), int(height)
+    if not (8 <= w <= MAX_IMAGE_SIDE and 8 <= h <= MAX_IMAGE_SIDE) or w % 8 or h % 8:
+        raise ValueError(f"size {size!r}: sides must be multiples of 8 between 8 and {MAX_IMAGE_SIDE}")
+    return w, h
 
 
 def packaged_smollm2_path() -> str | None:
@@ -233,6 +273,8 @@ class Catalog:
         if not isinstance(entries, list):
             raise CatalogError(f"catalog {config_path}: 'models' must be an array of tables ([[models]])")
         models: dict[str, ModelSpec] = {m.id: m for m in builtin_models(data_dir)} if use_builtins else {}
+        # models fetched by `infergate models pull`: above the built-ins, below the operator's TOML
+        models.update({m.id: m for m in _pulled_models(data_dir)})
         seen: set[str] = set()
         for index, entry in enumerate(entries, start=1):
             label = f"catalog entry {index}"
@@ -262,6 +304,20 @@ class Catalog:
                     raise CatalogError(f"catalog entry '{spec.id}': field 'aliases': '{alias}' is already used by '{owner}'")
                 names[alias] = spec.id
         return cls(list(models.values()))
+
+
+PULLED_CATALOG = "models/pulled.toml"  # under the data dir; written by `infergate models pull`
+
+
+def _pulled_models(data_dir: Path) -> list[ModelSpec]:
+    path = data_dir / PULLED_CATALOG
+    if not path.is_file():
+        return []
+    try:
+        raw = tomllib.loads(path.read_text())
+        return [ModelSpec.model_validate(entry) for entry in raw.get("models", [])]
+    except (tomllib.TOMLDecodeError, ValidationError, TypeError) as exc:
+        raise CatalogError(f"{path} (written by `infergate models pull`): {exc}") from None
 
 
 def _expand_paths(entry: dict[str, Any], config_path: str | None) -> dict[str, Any]:

@@ -115,6 +115,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
         record = repo.delete(args.uuid)
         _announce_key_change(settings, epoch)
         print(json.dumps(record.info()))
+    elif args.action == "limits":
+        from infergate.limits.cli import run as limits_run
+
+        print(
+            json.dumps(
+                limits_run(args, engine, settings.redis_url, lambda: _announce_key_change(settings, epoch))
+            )
+        )
     return 0
 
 
@@ -126,6 +134,24 @@ def cmd_usage(args: argparse.Namespace) -> int:
     engine, _ = _platform_parts(settings)
     report = build_report(LedgerRepository(engine), args.start, args.end, args.group_by)
     print(json.dumps(report, indent=2) if args.json else render_table(report))
+    return 0
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    from infergate.model_pull import PullError, pull
+
+    settings = Settings.from_env()
+    try:
+        result = pull(
+            args.repo_id, settings.data_dir, file=args.file, model_id=args.id, revision=args.revision
+        )
+    except PullError as exc:
+        print(f"infergate: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.summary()))
+    if result.hint:
+        print(f"infergate: {result.hint}", file=sys.stderr)
+    print("infergate: restart the server to serve it", file=sys.stderr)
     return 0
 
 
@@ -157,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run a standalone job worker (async-invoke, background jobs)")
-    worker.add_argument("--concurrency", type=int, help="jobs run at once (default INFERGATE_WORKER_CONCURRENCY, 4)")
+    worker.add_argument(
+        "--concurrency", type=int, help="jobs run at once (default INFERGATE_WORKER_CONCURRENCY, 4)"
+    )
     worker.set_defaults(func=cmd_worker)
 
     keys = sub.add_parser("keys", help="manage model access keys")
@@ -173,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     regen.add_argument("uuid")
     delete = ksub.add_parser("delete", help="delete a key; it stops working at once")
     delete.add_argument("uuid")
+    from infergate.limits.cli import add_arguments as limits_arguments
+
+    limits_arguments(
+        ksub.add_parser("limits", help="show or set a key's rate, concurrency and budget limits")
+    )
     keys.set_defaults(func=cmd_keys)
 
     usage = sub.add_parser("usage", help="usage and cost from the ledger")
@@ -181,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--group-by", choices=("key", "model", "day"), default="model")
     usage.add_argument("--json", action="store_true")
     usage.set_defaults(func=cmd_usage)
+
+    models = sub.add_parser("models", help="fetch models into the data dir")
+    msub = models.add_subparsers(dest="action", required=True)
+    pull = msub.add_parser(
+        "pull", help="download from the Hugging Face hub (HF_ENDPOINT, HF_TOKEN) and add to the catalog"
+    )
+    pull.add_argument("repo_id", help="e.g. stabilityai/sd-turbo or bartowski/SmolLM2-360M-Instruct-GGUF")
+    pull.add_argument("--file", help="the GGUF file or piper voice (.onnx) to take from the repo")
+    pull.add_argument("--id", help="the catalog id to serve it as (default: from the file or repo name)")
+    pull.add_argument("--revision", help="branch, tag or commit (default: main)")
+    pull.set_defaults(func=cmd_models_pull)
 
     migrate = sub.add_parser("migrate", help="bring the database schema to the latest version")
     migrate.set_defaults(func=cmd_migrate)

@@ -120,7 +120,7 @@ def test_models_lists_the_speech_models(client: openai.OpenAI) -> None:
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"response_format": "mp3"}, "response_format"),
+        ({"response_format": "aac"}, "response_format"),
         ({"speed": 4.5}, "speed"),
         ({"speed": "fast"}, "speed"),
         ({"input": ""}, "input"),
@@ -138,11 +138,42 @@ def test_bad_requests_are_400_and_bill_nothing(
     error = info.value.body
     assert isinstance(error, dict) and error["param"] == param, error
     if param == "response_format":
-        assert "wav, pcm" in error["message"]
+        assert "wav, pcm, mp3, flac, ogg, opus" in error["message"]
     request_id = info.value.response.headers["x-request-id"]
     if param == "voice":  # refused by the engine before any audio: billed as a 400 costing nothing
         row = ledger_row(speech_server, request_id)
         assert (row["status"], row["input_tokens"], row["cost_nano_usd"]) == (400, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "media", "rate"),
+    [
+        ("mp3", "audio/mpeg", 22_050),
+        ("flac", "audio/flac", 22_050),
+        ("ogg", "audio/ogg", 22_050),
+        ("opus", "audio/ogg", 24_000),
+    ],
+)
+def test_compressed_formats_decode_to_the_speech(
+    speech_server: ServerProcess, client: openai.OpenAI, fmt: str, media: str, rate: int
+) -> None:
+    import io
+
+    import soundfile
+
+    answer = client.audio.speech.with_raw_response.create(
+        model="piper-en-us-joe",
+        input=TEXT,
+        voice="alloy",
+        response_format=fmt,  # type: ignore[arg-type]
+    )
+    assert answer.headers["content-type"] == media
+    samples, sample_rate = soundfile.read(io.BytesIO(answer.content), dtype="int16")
+    assert sample_rate == rate
+    assert len(samples) > rate  # over a second of speech
+    assert abs(samples.astype("int32")).max() > 1000  # not silence
+    row = ledger_row(speech_server, answer.headers["x-request-id"])
+    assert row["status"] == 200 and row["input_tokens"] == len(TEXT)
 
 
 def test_unknown_model_is_404(client: openai.OpenAI) -> None:

@@ -81,7 +81,7 @@ async def create_speech(request: Request) -> Response:
     if fmt not in FORMATS:
         raise InvalidRequest(
             f"response_format '{params.response_format}' is not supported; this server encodes "
-            f"{', '.join(FORMATS)} (16-bit mono PCM at {engine.sample_rate} Hz).",
+            f"{', '.join(FORMATS)}.",
             param="response_format",
             code="unsupported_response_format",
         )

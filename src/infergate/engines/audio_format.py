@@ -1,17 +1,32 @@
-"""Audio containers for speech engines' PCM: WAV with a streaming header, or raw PCM.
+"""Audio containers for speech engines' PCM: WAV with a streaming header, raw PCM, and the
+compressed formats mp3, flac, ogg (Vorbis) and opus (Ogg Opus) through libsndfile (`soundfile`,
+in the speech extra).
 
-The answer streams while the audio is made, so the WAV header cannot know the length: it says
+WAV and PCM stream while the audio is made, so the WAV header cannot know the length: it says
 0xFFFFFFFF (the largest), as streaming TTS servers do; players and `wave`-style readers read to
-the end of the data. Compressed formats (mp3, opus, aac, flac) would need an encoder dependency
-and are refused with a list of these.
+the end of the data. Compressed formats are encoded once the speech is synthesized (their
+containers want the whole signal; speech synthesizes far faster than real time), in a thread.
+Opus takes only 8/12/16/24/48 kHz, so its input is resampled to 24 kHz. aac is refused (no
+encoder in libsndfile).
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import struct
 from collections.abc import AsyncIterator
 
-FORMATS = {"wav": "audio/wav", "pcm": "audio/pcm"}
+STREAMED = {"wav": "audio/wav", "pcm": "audio/pcm"}
+# format -> (libsndfile container, subtype, media type)
+COMPRESSED = {
+    "mp3": ("MP3", "MPEG_LAYER_III", "audio/mpeg"),
+    "flac": ("FLAC", "PCM_16", "audio/flac"),
+    "ogg": ("OGG", "VORBIS", "audio/ogg"),
+    "opus": ("OGG", "OPUS", "audio/ogg"),
+}
+OPUS_RATE = 24_000
+FORMATS = {**STREAMED, **{name: media for name, (_c, _s, media) in COMPRESSED.items()}}
 UNKNOWN_LENGTH = 0xFFFFFFFF
 
 
@@ -36,6 +51,14 @@ async def encode(pcm: AsyncIterator[bytes], fmt: str, sample_rate: int) -> Async
     so a request the engine refuses (an unknown voice) fails before any byte is sent."""
     if fmt not in FORMATS:
         raise ValueError(f"unsupported audio format {fmt!r}")
+    if fmt in COMPRESSED:
+        try:
+            first = await anext(pcm, b"")
+            chunks = [first] + [chunk async for chunk in pcm]
+        finally:
+            await pcm.aclose()  # type: ignore[attr-defined]
+        yield await asyncio.to_thread(compress, b"".join(chunks), fmt, sample_rate)
+        return
     try:
         first = await anext(pcm, b"")
         yield (wav_header(sample_rate) + first) if fmt == "wav" else first
@@ -43,3 +66,19 @@ async def encode(pcm: AsyncIterator[bytes], fmt: str, sample_rate: int) -> Async
             yield chunk
     finally:
         await pcm.aclose()  # type: ignore[attr-defined]
+
+
+def compress(pcm: bytes, fmt: str, sample_rate: int) -> bytes:
+    """16-bit mono PCM as a whole file in a compressed format."""
+    import numpy as np
+    import soundfile
+
+    container, subtype, _media = COMPRESSED[fmt]
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2")
+    if subtype == "OPUS" and sample_rate != OPUS_RATE:
+        positions = np.arange(round(len(samples) * OPUS_RATE / sample_rate)) * (sample_rate / OPUS_RATE)
+        samples = np.interp(positions, np.arange(len(samples)), samples).astype("<i2")
+        sample_rate = OPUS_RATE
+    out = io.BytesIO()
+    soundfile.write(out, samples, sample_rate, format=container, subtype=subtype)
+    return out.getvalue()

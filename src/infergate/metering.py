@@ -89,6 +89,9 @@ class Meter:
         self.output: list[str] = []
         self.live_usage = live_usage  # the backend counts as it goes: never estimate for it
         self.settled = False
+        # Set by the key limiter at admission: frees the request's slot and settles its reservation
+        # to the billed usage (None: billed later by an estimate).
+        self.on_settle: Callable[[Usage | None], None] | None = None
 
     # -- estimates ----------------------------------------------------------------------------
     def estimate_now(self, prompt_texts: list[str] | None = None) -> Usage:
@@ -126,6 +129,8 @@ class Meter:
                 estimate = self.estimate_now  # run later, in the ledger writer's thread
             else:
                 usage = Usage()
+        if self.on_settle is not None:
+            self.on_settle(usage)
         entry = MeteredEntry(self.charge, usage, estimate, status, latency_ms, now_ms())
         self.ledger.record(entry)
         LEDGER_PENDING.inc()

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infergate.http_errors import error_payload, render_exception
+from infergate.limits.model import HEADERS_STATE, HTTP_STATE
 from infergate.observability import count_request, log_access
 
 PASSTHROUGH_PATHS = ("/health", "/metrics")
@@ -72,6 +73,7 @@ class GatewayMiddleware:
         request_id = new_request_id()
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
+        HTTP_STATE.set(state)  # where admission leaves the key's x-ratelimit-* headers (limits/)
         status_holder = [0]
         rid_header = (b"x-request-id", request_id.encode())
         started = [False]
@@ -80,7 +82,7 @@ class GatewayMiddleware:
             if message["type"] == "http.response.start":
                 started[0] = True
                 status_holder[0] = message["status"]
-                message["headers"] = [*message.get("headers", []), rid_header]
+                message["headers"] = [*message.get("headers", []), rid_header, *state.get(HEADERS_STATE, ())]
             await send(message)
 
         for name, value in scope["headers"]:

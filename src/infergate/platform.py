@@ -19,6 +19,7 @@ from infergate.engines.registry import BackendMissing, build_engine
 from infergate.errors import InvalidRequest, NotFound, Unavailable
 from infergate.jobs.queue import JobQueue, QueueSettings
 from infergate.jobs.worker import Worker, WorkerSettings, start_worker
+from infergate.limits import KeyLimiter
 from infergate.metering import Charge, Meter
 from infergate.responses.background import sweep_forever as sweep_background_responses
 from infergate.responses.mcp import default_settings as mcp_settings
@@ -41,6 +42,7 @@ class Platform:
         self.db = open_database(settings.database_url)
         self.keys = KeyRepository(self.db)
         self.key_cache = KeyCache(self.keys, RevocationEpoch(settings.data_dir), settings.key_cache_ttl)
+        self.limits = KeyLimiter(self.db, settings.redis_url, self.key_cache, settings.key_cache_ttl)
         self.ledger_repo = LedgerRepository(self.db)
         self.ledger = LedgerWriter(
             self.ledger_repo.insert,
@@ -64,6 +66,7 @@ class Platform:
         # background responses whose job died are marked failed, never left in_progress
         self._background_sweeper = asyncio.create_task(sweep_background_responses(self))
         await self.key_cache.start_fanout(self.settings.redis_url)
+        await self.limits.start()
         for spec in self.catalog:
             try:
                 engine = build_engine(spec, self.settings.data_dir)
@@ -87,6 +90,7 @@ class Platform:
         await asyncio.gather(*(e.close() for e in self.engines.values()), return_exceptions=True)
         self._background_sweeper.cancel()
         await self.responses.close()
+        await self.limits.close()
         await self.ledger.close()
         await self.key_cache.close()
         self.db.dispose()
@@ -127,9 +131,12 @@ class Platform:
 
         This is where the key's limits (rate, concurrency, budget) are checked and the request's
         largest possible cost reserved; `Meter.settle` settles the reservation to the real cost.
-        `max_output_tokens` bounds the output (None: the model's context bounds it).
+        `max_output_tokens` bounds the output (None: the model's context bounds it). A refused request
+        raises RateLimited (429) before any work; no request object is needed (job workers call it too).
         """
-        return self.meter(charge, **options)
+        meter = self.meter(charge, **options)
+        await self.limits.admit(meter, max_output_tokens)
+        return meter
 
     def readiness(self) -> str | None:
         try:

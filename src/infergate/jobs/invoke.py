@@ -40,7 +40,8 @@ class InvokeKind:
     run: Callable[[Job, ModelSpec, Any, Any, Any], Awaitable[Any]]  # (job, spec, engine, params, platform)
 
 
-INVOKE_KINDS: dict[str, InvokeKind] = {}
+INVOKE_KINDS: dict[str, InvokeKind] = {}  # by the model's catalog kind (tts, image, ...)
+INVOKE_BACKENDS: dict[str, InvokeKind] = {}  # by backend, before the kind (a fal upstream serves any kind)
 
 
 def register_invoke_kind(
@@ -50,6 +51,16 @@ def register_invoke_kind(
     run: Callable[[Job, ModelSpec, Any, Any, Any], Awaitable[Any]],
 ) -> None:
     INVOKE_KINDS[model_kind] = InvokeKind(engine_type, parse, run)
+
+
+def register_invoke_backend(
+    backend: str,
+    engine_type: type[Engine],
+    parse: Callable[[ModelSpec, dict[str, Any]], Any],
+    run: Callable[[Job, ModelSpec, Any, Any, Any], Awaitable[Any]],
+) -> None:
+    """Models of this catalog backend are run by these, whatever their kind."""
+    INVOKE_BACKENDS[backend] = InvokeKind(engine_type, parse, run)
 
 
 def resolve(platform: Any, model_id: str) -> tuple[ModelSpec, InvokeKind, Engine]:
@@ -62,7 +73,7 @@ def resolve(platform: Any, model_id: str) -> tuple[ModelSpec, InvokeKind, Engine
             param="model_id",
             code="model_not_found",
         )
-    kind = INVOKE_KINDS.get(spec.kind)
+    kind = INVOKE_BACKENDS.get(spec.backend) or INVOKE_KINDS.get(spec.kind)
     if kind is None:
         raise InvalidRequest(
             f"The model '{model_id}' is a {spec.kind} model; async-invoke serves "

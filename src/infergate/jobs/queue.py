@@ -362,6 +362,18 @@ class JobQueue:
         stmt = self._held(job).values(status=QUEUED, lease_token=None, updated_us=now, **values)
         return conn.execute(stmt).rowcount == 1
 
+    async def checkpoint(self, job: Job, data: dict[str, Any]) -> bool:
+        """Save a running job's progress into `payload["checkpoint"]` (merged), while its claim holds
+        the lease: a later run of the job (its worker died) reads it back from `job.payload`."""
+        payload = {**job.payload, "checkpoint": {**job.payload.get("checkpoint", {}), **data}}
+        stmt = self._held(job).values(payload=orjson.dumps(payload).decode(), updated_us=now_us())
+
+        def write() -> bool:
+            with self.engine.begin() as conn:
+                return conn.execute(stmt).rowcount == 1
+
+        return await asyncio.to_thread(write)
+
     def next_due_us(self, kinds: Sequence[str]) -> int | None:
         """When the earliest job of these kinds becomes claimable (None: no active job)."""
         with self.engine.connect() as conn:

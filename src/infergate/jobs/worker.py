@@ -32,7 +32,7 @@ from infergate.jobs.queue import COMPLETED, FAILED, RELEASE, RETRY, Job, JobQueu
 log = logging.getLogger("infergate.jobs")
 Handler = Callable[[Job, Any], Awaitable[Any]]
 # Modules that register job kinds when imported: every worker imports them.
-HANDLER_MODULES = ("infergate.jobs.invoke", "infergate.jobs.webhooks")
+HANDLER_MODULES = ("infergate.jobs.invoke", "infergate.jobs.fal_invoke", "infergate.jobs.webhooks")
 _handlers: dict[str, Handler] = {}
 
 
@@ -242,6 +242,7 @@ def _short(exc: BaseException) -> str:
 
 async def start_worker(platform: Any, settings: WorkerSettings) -> Worker | None:
     """The in-process worker of `infergate serve` (None when INFERGATE_WORKER=0)."""
+    load_handlers(settings.handler_modules)  # the api checks submissions against them, worker or not
     if not settings.enabled:
         return None
     worker = Worker(platform.jobs, platform, settings)

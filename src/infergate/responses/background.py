@@ -67,38 +67,6 @@ def poll_seconds() -> float:
     return float_env("INFERGATE_BACKGROUND_POLL_SECONDS", 0.25, minimum=0.01)
 
 
-def queued_response(params: Any, body: dict[str, Any], response_id: str) -> dict[str, Any]:
-    """The Response object a background request answers with, before anything ran."""
-    conversation = params.conversation_id
-    return {
-        "id": response_id,
-        "object": "response",
-        "created_at": int(time.time()),
-        "status": "queued",
-        "background": True,
-        "model": params.model,
-        "output": [],
-        "error": None,
-        "incomplete_details": None,
-        "instructions": params.instructions,
-        "metadata": params.metadata or {},
-        "max_output_tokens": params.max_output_tokens,
-        "parallel_tool_calls": params.parallel_tool_calls if params.parallel_tool_calls is not None else True,
-        "previous_response_id": params.previous_response_id,
-        "conversation": {"id": conversation} if conversation else None,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "tool_choice": body.get("tool_choice") or "auto",
-        "tools": body.get("tools") or [],
-        "text": body.get("text") or {"format": {"type": "text"}},
-        "truncation": params.truncation,
-        "reasoning": body.get("reasoning"),
-        "store": True,
-        "user": params.user,
-        "usage": None,
-    }
-
-
 async def start_background(
     platform: Any,
     params: Any,
@@ -107,14 +75,17 @@ async def start_background(
     key_uuid: str,
     response_id: str,
     history: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """Store the queued response and submit its job; returns the queued Response object."""
+) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
+    """Store the queued response and submit its job. Returns the queued Response object, or with
+    `stream: true` its events as they are stored (the same stream `?stream=true` resumes)."""
+    from infergate.responses.objects import response_object
     from infergate.responses.translate import normalize_input
 
     jobs = getattr(platform, "jobs", None)
     if jobs is None:
         raise Unavailable("Background responses need the job queue, which is not running.")
-    response = queued_response(params, body, response_id)
+    spec, _engine = platform.chat_engine(params.model)  # an unknown model is a 404 now, not a failed job
+    response = response_object(params, spec, response_id, int(time.time()), "queued", [], None)
     await platform.responses.save(
         response,
         normalize_input(params),
@@ -125,10 +96,12 @@ async def start_background(
     )
     payload = {"body": body, "history": history}
     try:
-        await jobs.submit(JOB_KIND, payload, key_uuid=key_uuid, job_id=response_id, model_id=params.model)
+        await jobs.submit(JOB_KIND, payload, key_uuid=key_uuid, job_id=response_id, model_id=spec.id)
     except Exception as exc:
         await _fail(platform, response_id, response, f"The job could not be queued ({type(exc).__name__}).")
         raise
+    if params.stream:
+        return _events(platform, response_id, key_uuid, -1)
     return response
 
 
@@ -148,13 +121,13 @@ async def run_job(job: Any, platform: Any) -> dict[str, Any]:
     if row["status"] not in ACTIVE:
         return {"status": row["status"]}  # cancelled before it ran
     response = row["body"]
+    body = job.payload["body"]
     last = await store.last_event(job.id)
-    if row["status"] == "in_progress" and last >= 0 and response.get("stream"):
+    if row["status"] == "in_progress" and last >= 0 and body.get("stream"):
         await _fail(platform, job.id, response, INTERRUPTED)
         return {"status": "failed"}
     if last >= 0:  # an earlier attempt streamed to nobody: start afresh
         await store.clear_events(job.id)
-    body = job.payload["body"]
     params = ResponsesRequest.model_validate(body)
     response |= {"status": "in_progress"}
     await store.update_row(job.id, status="in_progress", body=response)
@@ -223,7 +196,7 @@ async def sweep(platform: Any, idle_ms: int = 10_000) -> int:
         return 0
     failed = 0
     for row in await platform.responses.active_background(idle_ms):
-        job = await jobs.get(row["id"])
+        job = await jobs.get(row["id"], admin=True)
         if job is not None and job.status in ("QUEUED", "IN_PROGRESS"):
             continue
         reason = (job.error if job is not None else None) or "The background job of this response was lost."

@@ -326,6 +326,7 @@ class ResponseStore:
     async def update_row(self, response_id: str, *, only_active: bool = True, **values: Any) -> bool:
         if "body" in values:
             values["body"] = dumps(values["body"])
+        values["updated_ms"] = now_ms()
         stmt = update(responses).where(responses.c.id == response_id)
         if only_active:
             stmt = stmt.where(responses.c.status.in_(ACTIVE))

@@ -73,6 +73,7 @@ class ModelSpec(BaseModel):
     default_size: str | None = Field(default=None, description="size when a request names none")
     device: Literal["cpu", "cuda"] | None = None  # diffusers: default CUDA when present, else CPU
     image_price: float = Field(default=0.0, ge=0, description="USD per generated image")
+    audio_second_price: float = Field(default=0.0, ge=0, description="USD per second of generated audio")
     # openai-compatible upstreams
     base_url: str | None = Field(default=None, pattern=r"^https?://")
     api_key_env: str | None = None

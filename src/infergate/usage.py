@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from infergate.catalog import ModelSpec
@@ -24,6 +24,8 @@ class Usage:
     cache_write_5m_tokens: int = 0
     cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
+    images: int = 0  # generated images, priced per image (ModelSpec.image_price) on top of tokens
+    audio_seconds: float = 0.0  # generated audio (text-to-audio), priced per second
     estimated: bool = False
     # explicit prompt caching (cache_control) was asked for: render the seed's cache fields
     cache_control: bool = False
@@ -48,6 +50,10 @@ class Usage:
             + self.cache_write_5m_tokens * spec.price_nano("cache_write_5m")
             + self.cache_write_1h_tokens * spec.price_nano("cache_write_1h")
         )
+        if self.images:  # USD per image -> nano-USD
+            exact += self.images * Decimal(str(spec.image_price)) * 1_000_000_000
+        if self.audio_seconds:  # USD per second -> nano-USD
+            exact += Decimal(str(self.audio_seconds)) * Decimal(str(spec.audio_second_price)) * 1_000_000_000
         return int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
 
     def to_chat(self) -> dict[str, Any]:

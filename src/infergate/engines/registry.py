@@ -13,6 +13,10 @@ BACKENDS: dict[tuple[str, str], str] = {
     ("chat", "llama_cpp"): "infergate.engines.llama.engine:LlamaCppEngine",
     ("tts", "piper"): "infergate.engines.piper_tts:PiperEngine",
     ("tts", "espeak"): "infergate.engines.espeak_tts:EspeakEngine",
+    ("image", "diffusers"): "infergate.engines.diffusers_image:DiffusersImageEngine",
+    ("image", "openai"): "infergate.engines.openai_images:OpenAIImagesEngine",
+    # fal-compatible queue upstreams serve async-invoke jobs of any of these kinds
+    **{(kind, "fal"): "infergate.engines.fal_upstream:FalQueueEngine" for kind in ("image", "tts", "audio")},
 }
 
 

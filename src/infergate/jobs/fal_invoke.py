@@ -18,6 +18,7 @@ from typing import Any
 from infergate.catalog import ModelSpec
 from infergate.engines.fal_upstream import FalQueueEngine, FalRequest
 from infergate.errors import InvalidRequest
+from infergate.jobs.invoke import register_invoke_backend
 from infergate.jobs.queue import Job
 from infergate.metering import Charge
 from infergate.usage import Usage
@@ -38,8 +39,8 @@ def parse_fal(spec: ModelSpec, raw: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequest(
             f"input.{field} is longer than {MAX_TEXT_CHARS} characters.", param=f"input.{field}"
         )
-    if spec.kind == "audio" and "seconds_total" in raw:
-        seconds = raw["seconds_total"]
+    if spec.kind == "audio":  # required: audio is billed per second asked for
+        seconds = raw.get("seconds_total")
         if (
             isinstance(seconds, bool)
             or not isinstance(seconds, int | float)
@@ -64,11 +65,8 @@ def usage_of(spec: ModelSpec, params: dict[str, Any], output: dict[str, Any]) ->
     if spec.kind == "image":
         images = output.get("images")
         return Usage(images=len(images) if isinstance(images, list) else 0)
-    seconds = params.get("seconds_total")
-    audio = output.get("audio")
-    if not isinstance(seconds, int | float) and isinstance(audio, dict):
-        seconds = None
-    return Usage(audio_seconds=float(seconds or 0))
+    seconds = params.get("seconds_total")  # what was asked for is what fal bills
+    return Usage(audio_seconds=float(seconds) if isinstance(seconds, int | float) else 0.0)
 
 
 async def run_fal(
@@ -102,3 +100,6 @@ async def _cancel_upstream_if_cancelled(
     current = await platform.jobs.get(job.id, admin=True)
     if current is not None and current.status == "CANCELLED":
         await engine.cancel(request)
+
+
+register_invoke_backend("fal", FalQueueEngine, parse_fal, run_fal)

@@ -109,7 +109,7 @@ def mcp_tool(url: str, **kw: Any) -> dict[str, Any]:
 
 
 def strict(resp: Any) -> Response:
-    data = resp if isinstance(resp, dict) else resp.model_dump(mode="json", exclude_unset=True)
+    data = resp if isinstance(resp, dict) else resp.model_dump(mode="json", by_alias=True, exclude_unset=True)
     return Response.model_validate(data, strict=True)
 
 

@@ -133,7 +133,7 @@ def test_signed_delivery_retried_with_backoff_until_accepted(
     secret = server.create_key("hooks")["secret_key"]
     url = f"http://127.0.0.1:{receiver.port}/hooks/flaky"
     r = submit(server, secret, url)
-    assert r.status_code == 200, r.text
+    assert r.status_code == 202, r.text
     job_id = r.json()["request_id"]
     hits = wait_for(
         lambda: len(receiver.at("/hooks/flaky")) >= 3 and receiver.at("/hooks/flaky"), what="3 deliveries"

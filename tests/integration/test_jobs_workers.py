@@ -209,7 +209,7 @@ def test_kill_9_of_the_server_mid_job_and_billing_once(
             json={"model_id": "espeak-tts", "input": {"text": f"HOLD {hold} and then speak"}},
             headers={"Authorization": f"Bearer {secret}"},
         )
-        assert r.status_code == 200, r.text
+        assert r.status_code == 202, r.text
         job_id = r.json()["request_id"]
         slow = queue.submit_now("test.slow", {"dir": str(tmp_path / "slow")}, None)
         wait_for(started_by(hold, server.proc.pid, 1), what="the server's worker to start the job")  # type: ignore[union-attr]

@@ -74,6 +74,7 @@ async def _job(request: Request, request_id: str) -> Job:
 
 @router.post(
     "/async-invoke",
+    status_code=202,
     response_model=JobObject,
     responses=INFERENCE_ERRORS,
     openapi_extra=OPENAPI,
@@ -95,7 +96,7 @@ async def create_job(request: Request) -> Response:
         webhook_url=params.webhook_url,
         model_id=params.model_id,
     )
-    return json_response(job_object(job))
+    return json_response(job_object(job), status=202)  # DigitalOcean's spec: 202 Accepted
 
 
 @router.get(

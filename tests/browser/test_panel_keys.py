@@ -186,10 +186,11 @@ def test_narrow_screen(browser: Any, panel_server: ServerProcess) -> None:
     context = browser.new_context(base_url=panel_server.url, viewport={"width": 390, "height": 844})
     page = context.new_page()
     try:
+        panel_server.create_key("a-rather-long-key-name-for-a-phone")
         login(page)
+        screenshot(page, "keys-phone")
         width = page.evaluate("() => document.documentElement.scrollWidth")
         assert width <= 390, f"the keys page scrolls sideways on a phone ({width}px)"
-        screenshot(page, "keys-phone")
     finally:
         context.close()
 

@@ -45,7 +45,7 @@ def test_playground_chat_streams_and_is_billed(page: Any, panel_server: ServerPr
            new MutationObserver(() => window.__changes++).observe(document.getElementById('chat-output'),
              {childList: true, characterData: true, subtree: true}); }"""
     )
-    page.get_by_label("Message").fill("Count from one to ten.")
+    page.get_by_label("Message", exact=True).fill("Count from one to ten.")
     page.get_by_label("Max tokens").fill("40")
     page.get_by_role("button", name="Send").click()
     page.wait_for_function(
@@ -68,8 +68,9 @@ def test_playground_speech_tab(page: Any, panel_server: ServerProcess) -> None:
     if tab.count() == 0:
         pytest.fail("no tts model is servable: the speech extra (espeak-tts) should be installed")
     tab.click()
-    page.get_by_label("Model", exact=True).select_option("espeak-tts")
-    page.get_by_label("Text").fill("Hello from the panel.")
+    panel = page.get_by_role("tabpanel", name="Text to speech")
+    panel.get_by_label("Model").select_option("espeak-tts")
+    panel.get_by_label("Text").fill("Hello from the panel.")
     page.get_by_role("button", name="Speak").click()
     page.wait_for_function("() => document.getElementById('speech-status').textContent.startsWith('Ready')")
     assert page.locator("#speech-audio").is_visible()

@@ -47,8 +47,12 @@ def _when(value: Any) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _usd(value: Any, digits: int = 6) -> str:
-    return f"${float(value or 0):,.{digits}f}"
+def _usd(value: Any) -> str:
+    """Cents for sums of a cent or more, micro-dollars below (a small model's requests cost little)."""
+    amount = float(value or 0)
+    if amount == 0:
+        return "$0.00"
+    return f"${amount:,.6f}" if abs(amount) < 0.01 else f"${amount:,.4f}"
 
 
 def _price(value: Any) -> str:

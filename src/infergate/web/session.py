@@ -89,4 +89,3 @@ def cookie_header(value: str, max_age: int, secure: bool) -> str:
     if secure:
         parts.append("Secure")
     return "; ".join(parts)
-

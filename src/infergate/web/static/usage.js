@@ -30,6 +30,8 @@
     var el = document.getElementById(id);
     if (!el) return;
     opts.width = width(el);
+    opts.scales = opts.scales || {};
+    opts.scales.y = { range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; } };
     opts.height = 240;
     charts.push([new uPlot(opts, rows, el), el]);
   }
@@ -41,7 +43,7 @@
   }
 
   draw("chart-day-tokens", {
-    series: [{}].concat(lines([
+    series: [{ label: "day" }].concat(lines([
       ["input", function (u, v) { return compact(v); }],
       ["output", function (u, v) { return compact(v); }],
       ["cache reads", function (u, v) { return compact(v); }],
@@ -51,11 +53,11 @@
   }, [data.days, data.input, data.output, data.cache_read, data.cache_write]);
 
   draw("chart-day-cost", {
-    series: [{}, { label: "cost", stroke: palette[4], width: 2, fill: palette[4] + "22", value: function (u, v) { return usd(v); } }],
+    series: [{ label: "day" }, { label: "cost", stroke: palette[4], width: 2, fill: palette[4] + "22", value: function (u, v) { return usd(v); } }],
     axes: [axis(), axis({ values: function (u, vals) { return vals.map(usd); }, size: 70 })],
   }, [data.days, data.cost]);
 
-  function bars(id, group) {
+  function bars(id, group, what) {
     var names = group.names;
     if (!names.length) {
       var el = document.getElementById(id);
@@ -67,7 +69,7 @@
     draw(id, {
       scales: { x: { time: false, range: [-0.6, names.length - 0.4] } },
       series: [
-        { label: "", value: function (u, i) { return i == null ? "" : names[i]; } },
+        { label: what, value: function (u, i) { return i == null ? "" : names[i]; } },
         { label: "input tokens", stroke: palette[0], fill: palette[0], paths: barPath(-1), points: { show: false }, value: function (u, v) { return compact(v); } },
         { label: "output tokens", stroke: palette[1], fill: palette[1], paths: barPath(1), points: { show: false }, value: function (u, v) { return compact(v); } },
       ],
@@ -77,8 +79,8 @@
       ],
     }, [xs, group.input, group.output]);
   }
-  bars("chart-models", data.models);
-  bars("chart-keys", data.keys);
+  bars("chart-models", data.models, "model");
+  bars("chart-keys", data.keys, "key");
 
   var timer = null;
   window.addEventListener("resize", function () {

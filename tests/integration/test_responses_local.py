@@ -38,7 +38,7 @@ def client(local: ServerProcess) -> openai.OpenAI:
 
 
 def strict(resp: Any) -> Response:
-    data = resp if isinstance(resp, dict) else resp.model_dump(mode="json", exclude_unset=True)
+    data = resp if isinstance(resp, dict) else resp.model_dump(mode="json", by_alias=True, exclude_unset=True)
     return Response.model_validate(data, strict=True)
 
 
@@ -164,6 +164,6 @@ def test_gradient_sdk_on_the_local_model(local: ServerProcess) -> None:
     key = local.create_key("gradient-local")["secret_key"]
     grad = gradient.Gradient(model_access_key=key, base_url=local.url, max_retries=0, timeout=300)
     resp = grad.responses.create(model=MODEL, input="What is the capital of France?", max_output_tokens=20)
-    data = resp if isinstance(resp, dict) else resp.model_dump(mode="json", exclude_unset=True)
+    data = resp if isinstance(resp, dict) else resp.model_dump(mode="json", by_alias=True, exclude_unset=True)
     strict(data)
     assert data["output"][-1]["content"][0]["type"] == "output_text"

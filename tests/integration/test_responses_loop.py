@@ -67,7 +67,9 @@ def mcp_tool(server: McpTestServer) -> dict[str, Any]:
 
 
 def strict(resp: Any) -> Response:
-    return Response.model_validate(resp.model_dump(mode="json", exclude_unset=True), strict=True)
+    return Response.model_validate(
+        resp.model_dump(mode="json", by_alias=True, exclude_unset=True), strict=True
+    )
 
 
 def test_mcp_loop_calls_the_tool_and_answers(

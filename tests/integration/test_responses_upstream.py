@@ -69,7 +69,11 @@ def client(srv: ServerProcess) -> openai.OpenAI:
 
 def strict(resp: Any) -> Response:
     """Every answer must parse as the SDK's Response type in strict mode."""
-    data = resp.model_dump(mode="json", exclude_unset=True) if not isinstance(resp, dict) else resp
+    data = (
+        resp.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        if not isinstance(resp, dict)
+        else resp
+    )
     return Response.model_validate(data, strict=True)
 
 
@@ -273,6 +277,10 @@ def test_gradient_sdk_responses_create(srv: ServerProcess) -> None:
     resp = grad.responses.create(
         model="r-reasoner", input="What is 2+2?", max_output_tokens=50, temperature=0.7
     )
-    data = resp.model_dump(mode="json", exclude_unset=True) if hasattr(resp, "model_dump") else resp
+    data = (
+        resp.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        if hasattr(resp, "model_dump")
+        else resp
+    )
     strict(data)
     assert data["output"][1]["content"][0]["text"] == "The answer is 4."

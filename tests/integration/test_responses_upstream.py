@@ -7,6 +7,7 @@ A real server process, the real openai and gradient SDKs, a local stand-in upstr
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +30,8 @@ MODELS = [
     ("r-blind", "vision", ""),
     ("r-cutoff", "cutoff", ""),
     ("r-native", "native", "responses_native = true\n"),
+    ("r-broken", "broken", ""),
+    ("r-slow", "slow", ""),
 ]
 WEATHER_TOOL = {
     "type": "function",
@@ -284,3 +287,39 @@ def test_gradient_sdk_responses_create(srv: ServerProcess) -> None:
     )
     strict(data)
     assert data["output"][1]["content"][0]["text"] == "The answer is 4."
+
+
+def test_failure_mid_stream_is_an_error_event_then_failed(srv: ServerProcess, client: openai.OpenAI) -> None:
+    stream = client.responses.create(model="r-broken", input="hi", stream=True, store=False)
+    events = list(stream)
+    types = [e.type for e in events]
+    assert types[:2] == ["response.created", "response.in_progress"]
+    assert types[-2:] == ["error", "response.failed"]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    error, failed = events[-2], events[-1]
+    assert "broke mid-stream" in error.message
+    resp = strict(failed.response.model_dump(mode="json", by_alias=True, exclude_unset=True))
+    assert resp.status == "failed" and resp.error.code == "server_error"
+    assert resp.output[0].type == "message" and resp.output[0].status == "incomplete"
+    assert resp.output[0].content[0].text == "The answer"
+    row = ledger_row(srv, stream.response.headers["x-request-id"])
+    assert row["status"] == 502 and row["output_tokens"] > 0  # the prompt and what was streamed
+
+
+def test_client_gone_mid_stream_is_billed_499(srv: ServerProcess, stand_in: ResponsesStandIn) -> None:
+    key = srv.create_key("gone")["secret_key"]
+    body = {"model": "r-slow", "input": "hi", "stream": True, "store": False}
+    abandoned = stand_in.abandoned
+    with httpx.stream(
+        "POST", f"{srv.url}/v1/responses", json=body, headers={"Authorization": f"Bearer {key}"}
+    ) as r:
+        request_id = r.headers["x-request-id"]
+        for line in r.iter_lines():
+            if "response.output_text.delta" in line:
+                break  # leave once the answer started
+    row = ledger_row(srv, request_id)
+    assert row["endpoint"] == "responses" and row["status"] == 499 and row["estimated"]
+    deadline = time.monotonic() + 10
+    while stand_in.abandoned == abandoned and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stand_in.abandoned == abandoned + 1  # the upstream call was dropped at once

@@ -11,6 +11,8 @@ picks the behaviour of POST /v1/chat/completions:
   "cutoff"        answers max_tokens words and finish_reason "length"
   "mcpcaller"     calls the MCP tool `lookup` (key capital-of-france), then answers with its result
   "looper"        calls the MCP tool `add` on every turn (never answers: the loop bound ends it)
+  "broken"        (streamed) sends two words, then an error event
+  "slow"          (streamed) a word every 0.2 s for a minute
 POST /v1/responses answers natively (model "native"): a Responses object, or its SSE events.
 Every body received is kept in `requests`.
 """
@@ -32,6 +34,7 @@ ANSWER = ["The", " answer", " is", " 4."]
 class ResponsesStandIn:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.abandoned = 0  # streams the gateway dropped
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -180,6 +183,19 @@ class ResponsesStandIn:
             await response.write(b"data: " + json.dumps(data).encode() + b"\n\n")
 
         await send({"role": "assistant", "content": ""})
+        if body.get("model") == "slow":  # a word every 0.2 s for a minute (clients leave mid-way)
+            try:
+                for i in range(300):
+                    await asyncio.sleep(0.2)
+                    await send({"content": f" w{i}"})
+            except (ConnectionResetError, asyncio.CancelledError):
+                self.abandoned += 1
+                raise
+        if body.get("model") == "broken":  # a few words, then an error event mid-stream
+            for word in ANSWER[:2]:
+                await send({"content": word})
+            await response.write(b'data: {"error": {"message": "stand-in broke mid-stream"}}\n\n')
+            return response
         for word in plan["reasoning"]:
             await send({plan["field"]: word})
         for word in plan["content"]:

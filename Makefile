@@ -9,6 +9,11 @@ PORT    ?= 8000
 WHEELS  ?= $(HOME)/.cache/infergate/wheels-avx2
 LLAMA_CPP_VERSION ?= 0.3.36
 STAMP   := $(VENV)/.installed
+# More extras for `make serve`, comma-separated: `make serve EXTRAS=images` (torch + diffusers).
+# `make test` always installs the images extra (the image tests build a tiny pipeline).
+EXTRAS  ?=
+comma   := ,
+EXTRA_STAMPS = $(foreach e,$(subst $(comma), ,$(EXTRAS)),$(VENV)/.extra-$(e))
 PYTEST_ARGS ?=
 
 .PHONY: install serve test lint bench clean chromium
@@ -19,14 +24,19 @@ $(STAMP): pyproject.toml scripts/install.sh scripts/ggml_cpu_flags.sh
 	VENV=$(VENV) WHEELS=$(WHEELS) LLAMA_CPP_VERSION=$(LLAMA_CPP_VERSION) bash scripts/install.sh
 	touch $(STAMP)
 
-serve: install
+# one extra, installed once on top of the base install (and again when that is redone)
+$(VENV)/.extra-%: $(STAMP)
+	VENV=$(VENV) WHEELS=$(WHEELS) LLAMA_CPP_VERSION=$(LLAMA_CPP_VERSION) EXTRAS=$* bash scripts/install.sh
+	touch $@
+
+serve: install $(EXTRA_STAMPS)
 	$(VENV)/bin/infergate serve --host $(HOST) --port $(PORT)
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
-test: install lint chromium
+test: install $(VENV)/.extra-images lint chromium
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # The panel's browser tests drive Debian's Chromium (never a downloaded browser).

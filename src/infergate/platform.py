@@ -27,6 +27,7 @@ from infergate.storage.db import open_database
 from infergate.storage.keys import KeyRepository
 from infergate.storage.ledger import LedgerRepository
 from infergate.storage.ledger_writer import LedgerWriter
+from infergate.storage.media import MediaStore
 from infergate.storage.responses import ResponseStore, StoreSettings
 from infergate.tokens import warm_up as warm_up_tokenizer
 
@@ -54,6 +55,7 @@ class Platform:
         self.worker_settings = WorkerSettings.from_env()  # `infergate worker` overrides it
         self.job_worker: Worker | None = None
         self.responses = ResponseStore(self.db, StoreSettings.from_env())  # stored responses, conversations
+        self.media = MediaStore.from_env(settings.data_dir)  # generated files at signed URLs
         self.engines: dict[str, Engine] = {}
         self.engine_errors: dict[str, str] = {}
         self.draining = False
@@ -62,6 +64,7 @@ class Platform:
         # the estimating tokenizer loads in the background: no request waits on it
         self._tokenizer_warm_up = asyncio.create_task(asyncio.to_thread(warm_up_tokenizer))
         await self.ledger.start()
+        await self.media.start()
         await self.responses.start()
         # background responses whose job died are marked failed, never left in_progress
         self._background_sweeper = asyncio.create_task(sweep_background_responses(self))
@@ -72,6 +75,7 @@ class Platform:
                 engine = build_engine(spec, self.settings.data_dir)
             except BackendMissing as exc:
                 self.engine_errors[spec.id] = str(exc)
+                log.warning("model %s cannot serve: %s", spec.id, exc)  # e.g. a missing extra, with the hint
                 continue
             self.engines[spec.id] = engine
         results = await asyncio.gather(*(e.start() for e in self.engines.values()), return_exceptions=True)
@@ -90,6 +94,7 @@ class Platform:
         await asyncio.gather(*(e.close() for e in self.engines.values()), return_exceptions=True)
         self._background_sweeper.cancel()
         await self.responses.close()
+        await self.media.close()
         await self.limits.close()
         await self.ledger.close()
         await self.key_cache.close()

@@ -118,3 +118,59 @@ class SpeechEngine(Engine):
         from infergate.engines.audio_format import encode
 
         return encode(self.synthesize(request), request.response_format, self.sample_rate)
+
+
+@dataclass
+class ImageRequest:
+    """A validated text-to-image request (from /v1/images/generations or a fal-style job input).
+    None means the model's default (catalog `steps`/`guidance_scale`, else the pipeline's own)."""
+
+    prompt: str
+    context: RequestContext
+    n: int = 1
+    width: int = 1024
+    height: int = 1024
+    size: str = "1024x1024"  # as asked ("auto" allowed for upstreams); width/height are what we make
+    negative_prompt: str | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int | None = None  # image i uses seed + i; None: a random one (returned in the result)
+    output_format: str = "png"  # png | jpeg | webp
+    output_compression: int | None = None  # 0-100 for jpeg/webp
+    quality: str = "auto"
+    background: str = "auto"
+    safety_checker: bool = True  # run the pipeline's safety checker when it has one
+    user: str | None = None
+
+
+@dataclass
+class GeneratedImage:
+    data: bytes  # encoded in `content_type`
+    width: int
+    height: int
+    content_type: str
+    seed: int | None = None
+    nsfw: bool = False  # the safety checker flagged (and blanked) it
+
+
+@dataclass
+class ImageResult:
+    images: list[GeneratedImage]
+    usage: Usage | None  # None: the api layer counts (prompt tokens, image tokens by size)
+    quality: str = "medium"
+    background: str = "opaque"
+    output_format: str = "png"
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class ImageEngine(Engine):
+    """Text to image. `check` refuses what the backend cannot do before anything is billed;
+    `generate` makes `request.n` images. Cancelling `generate` (client gone) must stop the work
+    promptly (a local pipeline stops at its next denoising step)."""
+
+    def check(self, request: ImageRequest) -> None:
+        """Raise InvalidRequest (naming the field) for what this backend cannot make."""
+
+    @abstractmethod
+    async def generate(self, request: ImageRequest) -> ImageResult:
+        """The images, encoded in `request.output_format`."""

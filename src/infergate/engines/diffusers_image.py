@@ -1,0 +1,203 @@
+"""Text to image with any local diffusers pipeline folder (Stable Diffusion 1.x/2.x, SD-Turbo,
+SDXL, Flux, ...), in the optional `images` extra (torch, diffusers, transformers, pillow).
+
+The pipeline loads once, in the background at start (the server answers meanwhile; a request that
+comes earlier waits for it), on CUDA when present, else the CPU (catalog `device` overrides).
+Calls run one at a time in the engine's own thread: a pipeline call already uses every core (or
+the GPU), and two at once would only fight over them. Each image of a request gets its own seed
+(seed, seed + 1, ...), so the images differ and each can be made again. A request whose client
+left stops at the next denoising step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+try:
+    import diffusers
+    import torch
+except ImportError as exc:  # the registry reports this as the model's reason it cannot serve
+    raise ImportError(
+        f"{exc.name} is not installed: image models need the images extra "
+        "(`make serve EXTRAS=images`, or `pip install 'infergate[images]'`)"
+    ) from exc
+
+from infergate.catalog import ModelSpec
+from infergate.engines.base import GeneratedImage, ImageEngine, ImageRequest, ImageResult
+from infergate.engines.image_common import encode_image, image_usage, quality_of, seeds_for
+from infergate.errors import InvalidRequest
+from infergate.schemas.images import CONTENT_TYPES
+
+
+class _Cancelled(Exception):
+    """Raised inside the pipeline (step callback) when the request was cancelled: nobody awaits
+    the call any more, it only has to stop."""
+
+
+def load_pipeline(path: str, device: str, scheduler: str | None, threads: int | None = None) -> Any:
+    """The pipeline of a local folder; nothing is downloaded (local_files_only)."""
+    if threads:  # torch's CPU threads are per process: the catalog's `threads` sets them for all
+        torch.set_num_threads(threads)
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    diffusers.utils.logging.disable_progress_bar()  # no loading bars in the server's log
+    with warnings.catch_warnings():
+        # torch_dtype: renamed dtype in recent diffusers (a FutureWarning), the only name older ones know
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            pipe = diffusers.AutoPipelineForText2Image.from_pretrained(
+                path, torch_dtype=dtype, local_files_only=True
+            )
+        except ValueError:  # a pipeline class AutoPipeline does not map: load it as it declares itself
+            pipe = diffusers.DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+    if scheduler:
+        pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+class DiffusersImageEngine(ImageEngine):
+    def __init__(self, spec: ModelSpec, data_dir: Path | None = None) -> None:
+        super().__init__(spec, data_dir)
+        self.device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self._load: asyncio.Task[Any] | None = None
+        # one thread: pipeline calls are serialized, queued requests wait their turn in order
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"diffusers-{spec.id}")
+        self._params: frozenset[str] = frozenset()
+
+    async def start(self) -> None:
+        if not self.spec.path:
+            raise ValueError("a diffusers model needs `path`: a pipeline folder (with model_index.json)")
+        folder = Path(self.spec.path)
+        if not (folder / "model_index.json").is_file():
+            raise FileNotFoundError(f"not a diffusers pipeline folder (no model_index.json): {folder}")
+        if self.spec.scheduler and not hasattr(diffusers, self.spec.scheduler):
+            raise ValueError(f"diffusers has no scheduler {self.spec.scheduler!r}")
+        self._load = asyncio.create_task(self._load_in_thread())
+
+    async def _load_in_thread(self) -> Any:
+        loop = asyncio.get_running_loop()
+        pipe = await loop.run_in_executor(
+            self._executor,
+            load_pipeline,
+            str(self.spec.path),
+            self.device,
+            self.spec.scheduler,
+            self.spec.threads,
+        )
+        self._params = frozenset(inspect.signature(pipe.__call__).parameters)
+        return pipe
+
+    def readiness(self) -> str | None:
+        if self._load is None:
+            return "not started"
+        if self._load.done() and not self._load.cancelled() and self._load.exception() is not None:
+            return f"pipeline failed to load: {self._load.exception()}"
+        return None
+
+    async def close(self) -> None:
+        if self._load is not None and not self._load.done():
+            await asyncio.gather(self._load, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def check(self, request: ImageRequest) -> None:
+        if request.background == "transparent":
+            raise InvalidRequest(
+                f"The model '{self.spec.id}' makes opaque images; background 'transparent' is not supported.",
+                param="background",
+                code="unsupported_background",
+            )
+        if request.output_format not in CONTENT_TYPES:
+            raise InvalidRequest(
+                f"output_format '{request.output_format}' is not supported", param="output_format"
+            )
+
+    async def generate(self, request: ImageRequest) -> ImageResult:
+        self.check(request)
+        assert self._load is not None, "engine not started"
+        pipe = await asyncio.shield(self._load)  # a cancelled request must not cancel the load
+        if request.negative_prompt and "negative_prompt" not in self._params:
+            raise InvalidRequest(
+                f"The model '{self.spec.id}' takes no negative_prompt.", param="negative_prompt"
+            )
+        seeds = seeds_for(request)
+        cancel = threading.Event()
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        work = loop.run_in_executor(self._executor, self._run, pipe, request, seeds, cancel)
+        try:
+            pictures, flagged = await work
+        except asyncio.CancelledError:
+            cancel.set()  # a running call stops at its next step; a queued one never starts
+            raise
+        inference = time.perf_counter() - started
+        fmt = request.output_format
+        encoded = await asyncio.to_thread(
+            lambda: [encode_image(p, fmt, request.output_compression) for p in pictures]
+        )
+        images = [
+            GeneratedImage(
+                data=data,
+                width=picture.width,
+                height=picture.height,
+                content_type=CONTENT_TYPES[fmt],
+                seed=seed,
+                nsfw=bool(flagged[i]) if flagged else False,
+            )
+            for i, (data, picture, seed) in enumerate(zip(encoded, pictures, seeds, strict=True))
+        ]
+        return ImageResult(
+            images=images,
+            usage=image_usage(request, len(images)),
+            quality=quality_of(request.quality),
+            background="opaque",
+            output_format=fmt,
+            timings={"inference": round(inference, 4)},
+        )
+
+    def _run(self, pipe: Any, request: ImageRequest, seeds: list[int], cancel: threading.Event) -> Any:
+        """One pipeline call for all the request's images (in the engine's thread)."""
+        if cancel.is_set():
+            raise _Cancelled
+        steps = request.steps or self.spec.steps
+        guidance = request.guidance_scale if request.guidance_scale is not None else self.spec.guidance_scale
+        kwargs: dict[str, Any] = {
+            "prompt": request.prompt,
+            "num_images_per_prompt": request.n,
+            "width": request.width,
+            "height": request.height,
+            "generator": [torch.Generator(device=self.device).manual_seed(s) for s in seeds],
+            "output_type": "pil",
+        }
+        if steps is not None:
+            kwargs["num_inference_steps"] = steps
+        if guidance is not None:
+            kwargs["guidance_scale"] = guidance
+        if request.negative_prompt:
+            kwargs["negative_prompt"] = request.negative_prompt
+        if "callback_on_step_end" in self._params:
+
+            def on_step(
+                _pipe: Any, _step: int, _timestep: Any, callback_kwargs: dict[str, Any]
+            ) -> dict[str, Any]:
+                if cancel.is_set():
+                    raise _Cancelled
+                return callback_kwargs
+
+            kwargs["callback_on_step_end"] = on_step
+        checker = getattr(pipe, "safety_checker", None)
+        if checker is not None and not request.safety_checker:
+            pipe.safety_checker = None  # this call only: calls are serialized on this thread
+        try:
+            with torch.inference_mode():
+                out = pipe(**kwargs)
+        finally:
+            if checker is not None:
+                pipe.safety_checker = checker
+        return out.images, getattr(out, "nsfw_content_detected", None)

@@ -177,3 +177,26 @@ def test_store_false_is_not_retrievable(client: openai.OpenAI) -> None:
         client.responses.retrieve(resp.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="r-plain", input="again", previous_response_id=resp.id)
+
+
+def test_conversation_parameter_carries_state(client: openai.OpenAI, stand_in: ResponsesStandIn) -> None:
+    conv = client.conversations.create(items=[{"role": "system", "content": "You are terse."}])
+    first = client.responses.create(model="r-plain", input="My name is Ada.", conversation=conv.id)
+    strict(first)
+    assert first.conversation.id == conv.id
+    second = client.responses.create(model="r-plain", input="What is my name?", conversation={"id": conv.id})
+    strict(second)
+    assert stand_in.requests[-1]["messages"] == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "The answer is 4."},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    items = client.conversations.items.list(conv.id, order="asc").data
+    turn = ["message", "reasoning", "message"]  # input, then the reasoner's two output items
+    assert [i.type for i in items] == ["message", *turn, *turn]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(
+            model="r-plain", input="x", conversation=conv.id, previous_response_id=first.id
+        )
+    assert err.value.body["param"] == "conversation"

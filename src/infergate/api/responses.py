@@ -21,6 +21,7 @@ from starlette.responses import Response
 from infergate.api.common import authenticate, json_body, json_response, platform_of, request_id_of, validate
 from infergate.api.streaming import SSEResponse, run_until_disconnect, stream_error_event
 from infergate.errors import InvalidRequest, NotFound
+from infergate.responses.background import open_stream, start_background
 from infergate.responses.runner import run_response
 from infergate.responses.translate import new_id
 from infergate.schemas.common import INFERENCE_ERRORS
@@ -119,18 +120,14 @@ async def _background(
     response_id: str,
     history: list[dict[str, Any]],
 ) -> Response:
-    try:
-        from infergate.responses.background import start_background
-    except ImportError:
-        raise InvalidRequest(
-            "background responses are not available on this server", param="background"
-        ) from None
     queued = await start_background(
         platform, params, body, key_uuid=key_uuid, response_id=response_id, history=history
     )
-    if params.stream and not isinstance(queued, dict):
-        return SSEResponse(_encode(queued))  # the background helper streams the events it stores
-    return json_response(queued)
+    if not params.stream:
+        return json_response(queued)
+    # the job's events as it stores them (a client that leaves resumes with GET ?stream=true)
+    events = await open_stream(platform, response_id, key_uuid, -1)
+    return SSEResponse(_encode(events))
 
 
 async def _last(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
@@ -147,8 +144,11 @@ def _frame(event: dict[str, Any]) -> bytes:
 
 
 async def _encode(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-    async for event in events:
-        yield _frame(event)
+    try:
+        async for event in events:
+            yield _frame(event)
+    finally:
+        await events.aclose()  # leaving the stream does not cancel a background response
 
 
 async def _sse(

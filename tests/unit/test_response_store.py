@@ -235,15 +235,19 @@ def test_expired_rows_are_unreadable_then_purged(engine: Engine) -> None:
         conv = await store.conversations.create(KEY, {}, [])
         assert (await store.get("old", KEY))["id"] == "old"
         deadline = time.monotonic() + 10
-        while True:  # no fixed sleep: poll until the retention has passed
+
+        async def expired(read: Any) -> bool:
             try:
-                await store.get("old", KEY)
+                await read()
             except NotFound:
-                break
+                return True
+            return False
+
+        while not (await expired(lambda: store.get("old", KEY))) or not (
+            await expired(lambda: store.conversations.get(conv["id"], KEY))
+        ):  # no fixed sleep: poll until the retention has passed for both
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
-        with pytest.raises(NotFound):
-            await store.conversations.get(conv["id"], KEY)
         assert await store.purge() == 2
         await asyncio.to_thread(store.writer.close)
 
@@ -261,11 +265,18 @@ def test_conversation_gets_a_responses_items_once(engine: Engine) -> None:
             await store.conversation_items(conv["id"], OTHER)
         out = response("rc", [answer("reply")])
         await store.save(out, [message("user", "second")], key_uuid=KEY, conversation_id=conv["id"])
-        await store.save(out, [message("user", "second")], key_uuid=KEY, conversation_id=conv["id"])
+        # a background response joins the conversation when it finishes, once
+        queued = response("rb", [], status="queued")
+        await store.save(
+            queued, [message("user", "third")], key_uuid=KEY, conversation_id=conv["id"], background=True
+        )
+        assert len(await store.conversation_items(conv["id"], KEY)) == 3
+        assert await store.finish(response("rb", [answer("late reply")]), KEY)
+        assert not await store.finish(response("rb", [answer("again")]), KEY)
         items = await store.conversation_items(conv["id"], KEY)
-        assert [i["content"][0]["text"] for i in items] == ["first", "second", "reply"]
-        page = await store.conversations.list_items(conv["id"], KEY, after=None, limit=20, order="desc")
-        assert [i["content"][0]["text"] for i in page["data"]] == ["reply", "second", "first"]
+        assert [i["content"][0]["text"] for i in items] == ["first", "second", "reply", "third", "late reply"]
+        page = await store.conversations.list_items(conv["id"], KEY, after=None, limit=3, order="desc")
+        assert [i["content"][0]["text"] for i in page["data"]] == ["late reply", "third", "reply"]
         await asyncio.to_thread(store.writer.close)
 
     run(go())

@@ -38,7 +38,7 @@ from infergate.config import float_env
 from infergate.errors import InvalidRequest, NotFound
 from infergate.storage.conversations import ConversationStore, append_items, conversation_items
 from infergate.storage.db import BigId, metadata
-from infergate.storage.group_commit import GroupCommitter
+from infergate.storage.group_commit import GroupCommitter, Rows
 from infergate.storage.items import normalize_items, page
 
 log = logging.getLogger("infergate.responses")
@@ -54,7 +54,6 @@ responses = Table(
     Column("previous_response_id", String(64), nullable=True),
     Column("conversation_id", String(64), nullable=True),
     Column("background", Boolean, nullable=False),
-    Column("cancel_requested", Boolean, nullable=False),
     Column("body", Text, nullable=False),
     Column("created_ms", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
@@ -79,6 +78,9 @@ response_events = Table(
     Column("seq", Integer, primary_key=True),
     Column("event", Text, nullable=False),
 )
+
+INSERT_RESPONSE = insert(responses)
+INSERT_ITEM = insert(response_items)
 
 # The chain of a response, newest first: walked in the database in one query, however long.
 CHAIN = text(
@@ -163,8 +165,9 @@ class ResponseStore:
         conversation_id: str | None = None,
         background: bool = False,
     ) -> None:
-        """Store (or replace) a response with its input and output items; durable on return.
-        With `conversation_id`, its items are appended to that conversation (once per response)."""
+        """Store a new response with its input and output items; durable on return (the writes of
+        concurrent saves share one transaction). With `conversation_id`, its items are appended to
+        that conversation; a background response's only once it finishes."""
         inputs = normalize_items(input_items, "input")
         outputs = normalize_items(response.get("output") or [], "output")
         stamp = now_ms()
@@ -175,13 +178,25 @@ class ResponseStore:
             "previous_response_id": previous_response_id,
             "conversation_id": conversation_id,
             "background": background,
-            "cancel_requested": False,
             "body": dumps(response),
             "created_ms": stamp,
             "updated_ms": stamp,
             "expires_ms": stamp + self._retention_ms,
         }
-        await self.writer.run(lambda conn: self._upsert(conn, row, inputs, outputs, guard=False))
+        items = [
+            {"response_id": row["id"], "kind": kind, "item_id": item["id"], "item": dumps(item)}
+            for kind, group in (("input", inputs), ("output", outputs))
+            for item in group
+        ]
+        then = None
+        if conversation_id and row["status"] in ("completed", "incomplete"):
+            retention = self._retention_ms
+
+            def then(conn: Connection) -> None:
+                append_items(conn, conversation_id, row["id"], inputs + outputs, retention)
+
+        # plain inserts, merged with the other saves of the batch: one statement per table
+        await self.writer.run(Rows([(INSERT_RESPONSE, [row]), (INSERT_ITEM, items)], then))
 
     async def finish(self, response: dict[str, Any], key_uuid: str) -> bool:
         """A background response's final state (and output items), unless it was cancelled or

@@ -23,7 +23,6 @@ def upgrade() -> None:
         sa.Column("previous_response_id", sa.String(64), nullable=True),
         sa.Column("conversation_id", sa.String(64), nullable=True),
         sa.Column("background", sa.Boolean, nullable=False),
-        sa.Column("cancel_requested", sa.Boolean, nullable=False),
         sa.Column("body", sa.Text, nullable=False),
         sa.Column("created_ms", sa.BigInteger, nullable=False),
         sa.Column("updated_ms", sa.BigInteger, nullable=False),

@@ -16,6 +16,7 @@ from starlette.responses import FileResponse, Response
 
 from infergate.web import csrf, session
 from infergate.web.guard import Ctx, current_session, forbidden, panel_action, read_form
+from infergate.web.history import router as history_router
 from infergate.web.keys import router as keys_router
 from infergate.web.models import router as models_router
 from infergate.web.render import STATIC, page, redirect, secure
@@ -25,6 +26,7 @@ router = APIRouter(include_in_schema=False)
 router.include_router(keys_router)
 router.include_router(models_router)
 router.include_router(usage_router)
+router.include_router(history_router)
 
 STATIC_FILES = {p.name: p for p in STATIC.iterdir() if p.is_file()}
 MEDIA_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}

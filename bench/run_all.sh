@@ -74,6 +74,9 @@ section() { # title command...: runs a part, records its failure, keeps going
   section "Responses vs chat (bench/responses_bench.py)" "$REPO/.venv/bin/python" "$HERE/responses_bench.py"
   section "Speech (bench/speech_rtf.py)" "$REPO/.venv/bin/python" "$HERE/speech_rtf.py" \
     --runs "$([ "${BENCH_QUICK:-0}" != 0 ] && echo 1 || echo 3)"
+  # the time POST /v1/images/generations adds over the same diffusers pipeline called directly
+  section "Images (bench/images_bench.py)" "$REPO/.venv/bin/python" "$HERE/images_bench.py" \
+    --runs "$([ "${BENCH_QUICK:-0}" != 0 ] && echo 2 || echo 8)"
   if [ "${#FAILED[@]}" != 0 ]; then
     printf '\nFailed parts: %s\n' "${FAILED[*]}"
   fi

@@ -15,7 +15,8 @@ import gradient
 import httpx
 import openai
 import pytest
-from openai.types.responses import Response
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
 
 from tests.support.ledger import ledger_row
 from tests.support.responses_upstream import ResponsesStandIn
@@ -323,3 +324,38 @@ def test_client_gone_mid_stream_is_billed_499(srv: ServerProcess, stand_in: Resp
     while stand_in.abandoned == abandoned and time.monotonic() < deadline:
         time.sleep(0.05)
     assert stand_in.abandoned == abandoned + 1  # the upstream call was dropped at once
+
+
+@pytest.mark.parametrize(
+    ("model", "extra"),
+    [
+        ("r-reasoner", {}),
+        ("r-thinker", {}),
+        ("r-tools", {"tools": [WEATHER_TOOL]}),
+        ("r-cutoff", {"max_output_tokens": 3}),
+    ],
+)
+def test_every_raw_event_validates_strictly(srv: ServerProcess, model: str, extra: dict[str, Any]) -> None:
+    """The SDK's stream helper builds events leniently; here each raw SSE event must pass the SDK's
+    event union in strict mode, named by its `event:` line."""
+    key = srv.create_key("raw-events")["secret_key"]
+    body = {"model": model, "input": "2+2?", "stream": True, "store": False, **extra}
+    adapter = TypeAdapter(ResponseStreamEvent)
+    events = []
+    with httpx.stream(
+        "POST", f"{srv.url}/v1/responses", json=body, headers={"Authorization": f"Bearer {key}"}
+    ) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                event = json.loads(line[6:])
+                assert event["type"] == name
+                adapter.validate_python(event, strict=True)
+                events.append(event)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    last = events[-1]
+    assert last["type"] in ("response.completed", "response.incomplete")
+    assert Response.model_validate(last["response"], strict=True).status == last["type"].split(".")[1]

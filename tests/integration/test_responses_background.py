@@ -4,6 +4,8 @@ mid-job: the job runs again (nothing streamed yet) or is marked failed with the 
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +17,7 @@ from openai.types.responses import Response
 
 from tests.conftest import upstream_catalog
 from tests.support.ledger import rows_where
-from tests.support.server import ServerProcess
+from tests.support.server import INFERGATE, ServerProcess
 from tests.support.upstream import StandInUpstream
 
 
@@ -148,4 +150,28 @@ def test_a_killed_server_resumes_or_fails_its_background_jobs(
         assert strict(failed).status == "failed"
         assert failed.error is not None and "stopped" in failed.error.message
     finally:
+        server.stop()
+
+
+def test_a_standalone_worker_runs_background_responses(upstream: StandInUpstream, tmp_path: Path) -> None:
+    """The server only queues (its own worker off); `infergate worker` on the same database runs it."""
+    server = ServerProcess(
+        tmp_path / "bg-worker", upstream_catalog(upstream.base_url), env={"INFERGATE_WORKER": "0"}
+    ).start()
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        client = server.openai_client("bg-worker")
+        queued = client.responses.create(model="standin", input="Who runs me?", background=True)
+        assert client.responses.retrieve(queued.id).status == "queued"
+        log = (tmp_path / "worker.log").open("wb")
+        worker = subprocess.Popen([INFERGATE, "worker"], env=server.env, stdout=log, stderr=subprocess.STDOUT)
+        done = wait_for(
+            lambda: (r := client.responses.retrieve(queued.id)).status not in ("queued", "in_progress") and r,
+            "the standalone worker to run the response",
+        )
+        assert done.status == "completed" and done.output_text == "Paris is the capital of France."
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(30)
         server.stop()

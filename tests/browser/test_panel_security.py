@@ -17,11 +17,15 @@ from tests.browser.conftest import check_page, login, new_page, screenshot
 from tests.support.server import ADMIN_TOKEN, ServerProcess, free_port
 
 EMPTY_CATALOG = "builtins = false\n"  # no model to load: these servers only serve the panel
+# one model that cannot load: the models page must say it is failing, and why
+BROKEN_CATALOG = (
+    EMPTY_CATALOG + '[[models]]\nid = "broken-gguf"\nbackend = "llama_cpp"\npath = "missing.gguf"\n'
+)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("panel-sec"), EMPTY_CATALOG).start()
+    proc = ServerProcess(tmp_path_factory.mktemp("panel-sec"), BROKEN_CATALOG).start()
     yield proc
     proc.stop()
 
@@ -144,3 +148,13 @@ def test_without_admin_token_the_panel_says_how_to_set_one(tmp_path: Path, brows
     finally:
         page.context.close()
         proc.stop()
+
+
+def test_failing_model_shows_why(page: Any, server: ServerProcess) -> None:
+    login(page)
+    page.goto("/panel/models")
+    row = page.locator("#model-status tbody tr").filter(has_text="broken-gguf")
+    assert "failing" in row.inner_text()
+    assert "could not load" in row.inner_text() and "missing.gguf" in row.inner_text()
+    assert "No chat model can serve right now." in page.inner_text("main")
+    check_page(page, "models-failing")

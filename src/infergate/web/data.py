@@ -97,6 +97,8 @@ def model_rows(platform: Platform) -> list[dict[str, Any]]:
                 status, why = "unloaded", "loads again on its next request"
             else:
                 status, why = "loaded", ""
+        if status == "failing":
+            load = None  # its slots and queue mean nothing while it cannot serve
         rows.append({"spec": spec, "status": status, "why": why, "load": load, "unit": _unit(spec)})
     return rows
 

@@ -74,6 +74,17 @@ def test_cancel_a_running_background_response(server: ServerProcess) -> None:
         client.responses.cancel(plain.id)
 
 
+def test_deleting_a_running_background_response_stops_it(server: ServerProcess) -> None:
+    client = server.openai_client("bg-delete")
+    queued = client.responses.create(model="standin-slow-ok", input="Take your time.", background=True)
+    wait_for(lambda: client.responses.retrieve(queued.id).status == "in_progress", "the job to start")
+    client.responses.delete(queued.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(queued.id)
+    [row] = rows_where(server, f"request_id = '{queued.id}'")  # the job was stopped, not left running
+    assert row["status"] == 499 and row["latency_ms"] < 2000
+
+
 def test_background_stream_resumes_after_a_disconnect(server: ServerProcess) -> None:
     client = server.openai_client("bg-stream")
     seen: list[Any] = []

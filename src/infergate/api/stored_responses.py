@@ -62,7 +62,11 @@ def _frame(event: dict[str, Any]) -> bytes:
 @router.delete("/{response_id}", responses=ERRORS, summary="Delete a stored response")
 async def delete_response(request: Request, response_id: str) -> Response:
     key = await authenticate(request)
-    await platform_of(request).responses.delete(response_id, key.uuid)
+    platform = platform_of(request)
+    row = await platform.responses.row(response_id, key.uuid)
+    if row["background"] and row["status"] in ("queued", "in_progress"):
+        await cancel_background(platform, response_id, key.uuid)  # its job stops writing events
+    await platform.responses.delete(response_id, key.uuid)
     return json_response({"id": response_id, "object": "response", "deleted": True})
 
 

@@ -375,6 +375,10 @@ class ResponseStore:
             expired = select(responses.c.id).where(responses.c.expires_ms <= now)
             conn.execute(delete(response_items).where(response_items.c.response_id.in_(expired)))
             conn.execute(delete(response_events).where(response_events.c.response_id.in_(expired)))
+            # events a job wrote after its response was deleted
+            conn.execute(
+                delete(response_events).where(response_events.c.response_id.not_in(select(responses.c.id)))
+            )
             count = conn.execute(delete(responses).where(responses.c.expires_ms <= now)).rowcount
             return count + self.conversations.purge(conn, now)
 

@@ -359,3 +359,15 @@ def test_every_raw_event_validates_strictly(srv: ServerProcess, model: str, extr
     last = events[-1]
     assert last["type"] in ("response.completed", "response.incomplete")
     assert Response.model_validate(last["response"], strict=True).status == last["type"].split(".")[1]
+
+
+def test_native_answers_are_stored_and_chained(client: openai.OpenAI, stand_in: ResponsesStandIn) -> None:
+    first = client.responses.create(model="r-native", input="hello")
+    assert client.responses.retrieve(first.id).output_text == first.output_text
+    second = client.responses.create(model="r-native", input="again", previous_response_id=first.id)
+    strict(second)
+    sent = stand_in.requests[-1]
+    assert "previous_response_id" not in sent and sent["store"] is False
+    # the whole conversation went as input: hello, the first answer, again
+    assert [i.get("role") for i in sent["input"]] == ["user", "assistant", "user"]
+    assert second.output_text == "Native answer to 3 item(s)."

@@ -167,6 +167,7 @@ class S3Media:
                 "INFERGATE_MEDIA_S3_BUCKET is set but boto3 is not installed (pip install 'infergate[s3]')"
             ) from None
         self.bucket = settings.s3_bucket
+        self.retention = settings.retention
         self.prefix = settings.s3_prefix
         # credentials: the usual AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / profile chain
         self.client = boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region)
@@ -208,13 +209,17 @@ class S3Media:
         return None
 
     def sweep(self, now: float) -> int:
-        """Objects whose expiry passed: by metadata (one HEAD each for candidates only: objects
-        older than the shortest retention could be, i.e. all modified before `now - 1`)."""
+        """Objects whose expiry passed, by their metadata. Only objects written more than the
+        retention ago can have expired (expiry = creation + retention), so only those are asked
+        for their metadata: one HEAD each for candidates, none for fresh files."""
         removed = 0
+        oldest_fresh = now - self.retention if self.retention else now
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
         for page in pages:
             doomed = []
             for obj in page.get("Contents", []):
+                if obj["LastModified"].timestamp() > oldest_fresh:
+                    continue
                 media_id = obj["Key"][len(self.prefix) :]
                 ref = self.head(media_id) if ID_PATTERN.match(media_id) else None
                 if ref is not None and ref.expires_at is not None and ref.expires_at <= now:

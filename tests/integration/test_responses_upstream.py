@@ -31,6 +31,7 @@ MODELS = [
     ("r-blind", "vision", ""),
     ("r-cutoff", "cutoff", ""),
     ("r-native", "native", "responses_native = true\n"),
+    ("r-native-nousage", "native-nousage", "responses_native = true\n"),
     ("r-broken", "broken", ""),
     ("r-slow", "slow", ""),
 ]
@@ -371,3 +372,13 @@ def test_native_answers_are_stored_and_chained(client: openai.OpenAI, stand_in: 
     # the whole conversation went as input: hello, the first answer, again
     assert [i.get("role") for i in sent["input"]] == ["user", "assistant", "user"]
     assert second.output_text == "Native answer to 3 item(s)."
+
+
+def test_native_without_usage_is_counted_and_marked_estimated(
+    srv: ServerProcess, client: openai.OpenAI
+) -> None:
+    resp = client.responses.create(model="r-native-nousage", input="hello there", store=False)
+    strict(resp)
+    assert resp.usage.input_tokens > 0 and resp.usage.output_tokens > 0
+    row = ledger_row(srv, resp._request_id)
+    assert row["estimated"] and row["output_tokens"] == resp.usage.output_tokens

@@ -13,7 +13,8 @@ picks the behaviour of POST /v1/chat/completions:
   "looper"        calls the MCP tool `add` on every turn (never answers: the loop bound ends it)
   "broken"        (streamed) sends two words, then an error event
   "slow"          (streamed) a word every 0.2 s for a minute
-POST /v1/responses answers natively (model "native"): a Responses object, or its SSE events.
+POST /v1/responses answers natively: a Responses object, or its SSE events ("native-nousage":
+without usage).
 Every body received is kept in `requests`.
 """
 
@@ -243,6 +244,8 @@ class ResponsesStandIn:
             "output": [item],
             "usage": usage,
         }
+        if body.get("model") == "native-nousage":
+            final.pop("usage")
         if not body.get("stream"):
             return web.json_response(final)
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})

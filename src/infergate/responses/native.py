@@ -21,6 +21,7 @@ from infergate.metering import Charge
 from infergate.responses.events import Event, Sequencer
 from infergate.responses.objects import output_text, response_object, usage_object
 from infergate.schemas.responses import ResponsesRequest
+from infergate.tokens import count_tokens
 from infergate.usage import Usage
 
 LOCAL_FIELDS = ("previous_response_id", "conversation", "background", "store", "stream_options")
@@ -37,6 +38,7 @@ def _strip(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _usage(raw: Any) -> Usage:
+    """The upstream's Responses usage (estimated=True: none usable, count it instead)."""
     if not isinstance(raw, dict):
         return Usage(estimated=True)
     usage = Usage.from_openai(raw) or Usage(estimated=True)
@@ -130,6 +132,9 @@ async def run_native(
     finally:
         response.release()
     usage = _usage(final.get("usage"))
+    if usage.estimated:  # the upstream reported nothing usable: count it here
+        usage = await meter.estimate()
+        usage.output_tokens = count_tokens(output_text(output)) or usage.output_tokens
     meter.settle(200, usage)
     status = str(final.get("status") or "completed")
     obj = ours(status, usage, final)

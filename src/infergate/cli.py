@@ -45,6 +45,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from infergate.responses.mcp import default_settings as mcp_settings
 
     mcp_settings()  # INFERGATE_MCP_*: a bad value exits 2 before binding
+    from infergate.storage.responses import StoreSettings
+
+    StoreSettings.from_env()  # INFERGATE_RESPONSE_*, INFERGATE_BACKGROUND_*: likewise
     if bool(args.tls_cert) != bool(args.tls_key):
         print("infergate: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2

@@ -23,7 +23,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from infergate.config import float_env
 from infergate.errors import Conflict, InfergateError, InvalidRequest, Unavailable
 from infergate.storage.responses import ACTIVE
 
@@ -61,10 +60,6 @@ class _Hub:
 
 
 HUB = _Hub()
-
-
-def poll_seconds() -> float:
-    return float_env("INFERGATE_BACKGROUND_POLL_SECONDS", 0.25, minimum=0.01)
 
 
 async def start_background(
@@ -238,7 +233,7 @@ async def _events(
 ) -> AsyncIterator[dict[str, Any]]:
     store = platform.responses
     wake = HUB.subscribe(response_id)
-    interval = poll_seconds()
+    interval = store.settings.stream_poll_seconds
     try:
         while True:
             wake.clear()

@@ -102,6 +102,7 @@ CHAIN = text(
 class StoreSettings:
     retention_seconds: float = 30 * DAY_SECONDS
     purge_interval: float = 3600.0
+    stream_poll_seconds: float = 0.25  # a background stream's look for events written elsewhere
 
     @classmethod
     def from_env(cls) -> StoreSettings:
@@ -109,6 +110,7 @@ class StoreSettings:
         return cls(
             retention_seconds=days * DAY_SECONDS if days > 0 else 100 * 365 * DAY_SECONDS,
             purge_interval=float_env("INFERGATE_RESPONSE_PURGE_INTERVAL", 3600.0, minimum=0.1),
+            stream_poll_seconds=float_env("INFERGATE_BACKGROUND_POLL_SECONDS", 0.25, minimum=0.01),
         )
 
 

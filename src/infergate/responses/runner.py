@@ -49,11 +49,10 @@ async def run_response(
     spec, engine = platform.chat_engine(params.model)
     input_items = translate.normalize_input(params)
     translate.check_vision(history + input_items, spec.id, spec.vision)
-    native = getattr(spec, "responses_native", False)
-    if native:
+    if spec.responses_native:
         from infergate.responses.native import run_native
 
-        async for event in run_native(
+        events = run_native(
             platform,
             spec,
             engine,
@@ -65,12 +64,14 @@ async def run_response(
             history=history,
             input_items=input_items,
             started=started,
-        ):
-            yield event
+        )
+        async with aclosing(events):  # closing this closes the work at once (billed as such)
+            async for event in events:
+                yield event
         return
     toolset = await _open_mcp(params, body)
     try:
-        async for event in _run_chat(
+        events = _run_chat(
             platform,
             spec,
             engine,
@@ -82,8 +83,10 @@ async def run_response(
             history=history,
             input_items=input_items,
             started=started,
-        ):
-            yield event
+        )
+        async with aclosing(events):
+            async for event in events:
+                yield event
     finally:
         if toolset is not None:
             await toolset.close()

@@ -62,6 +62,23 @@ def test_playground_chat_streams_and_is_billed(page: Any, panel_server: ServerPr
     assert rows and rows[-1]["status"] == 200 and rows[-1]["output_tokens"] > 0
 
 
+def test_playground_stop_cancels_and_bills_what_ran(page: Any, panel_server: ServerProcess) -> None:
+    page.goto("/panel/models")
+    page.get_by_label("Message", exact=True).fill("Write a very long story about a lighthouse keeper.")
+    page.get_by_label("Max tokens").fill("2000")
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_function(
+        "() => document.getElementById('chat-output').textContent.length > 0", timeout=120_000
+    )
+    page.get_by_role("button", name="Stop").click()
+    page.wait_for_function("() => document.getElementById('chat-usage').textContent === 'Stopped.'")
+    key = _playground_key(panel_server)
+    assert key is not None
+    rows = rows_where(panel_server, f"key_uuid = '{key['uuid']}' AND status = 499")
+    assert len(rows) == 1, "the stopped request is billed once, as client gone"
+    assert 0 < rows[0]["output_tokens"] < 2000
+
+
 def test_playground_speech_tab(page: Any, panel_server: ServerProcess) -> None:
     page.goto("/panel/models")
     tab = page.get_by_role("tab", name="Text to speech")
@@ -139,6 +156,7 @@ def test_usage_page_charts_totals_and_csv_agree_with_the_api(page: Any, panel_se
     assert rows[-1]["model"] == "TOTAL"
     assert int(rows[-1]["requests"]) == api["totals"]["requests"]
     assert int(rows[-1]["cache_read_tokens"]) == api["totals"]["cache_read_tokens"]
+    assert round(float(rows[-1]["cost_usd"]) * 1e9) == api["totals"]["cost_nano_usd"]
     by_model = {row["model"]: row for row in rows[:-1]}
     for item in api["usage"]:
         assert int(by_model[item["group"]]["output_tokens"]) == item["output_tokens"]

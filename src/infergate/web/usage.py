@@ -142,7 +142,7 @@ async def usage_csv(request: Request, ctx: Ctx) -> Response:
             [
                 row["group"],
                 *([row.get("key_name") or ""] if group == "key" else []),
-                *(row[c] for c in CSV_COLUMNS),
+                *(f"{row[c]:.9f}" if c == "cost_usd" else row[c] for c in CSV_COLUMNS),  # exact nano-USD
             ]
         )
     name = f"infergate-usage-{group}-{start}-{end}.csv"

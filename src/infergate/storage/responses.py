@@ -201,58 +201,33 @@ class ResponseStore:
         await self.writer.run(Rows([(INSERT_RESPONSE, [row]), (INSERT_ITEM, items)], then))
 
     async def finish(self, response: dict[str, Any], key_uuid: str) -> bool:
-        """A background response's final state (and output items), unless it was cancelled or
-        failed meanwhile (then False); its conversation gets its items now."""
+        """A background response's final state and output items, unless it was cancelled or failed
+        meanwhile (then False: `cancelled` is final). Its input items keep their ids; its
+        conversation, if any, gets its items now."""
         outputs = normalize_items(response.get("output") or [], "output")
-        row = {"id": response["id"], "key_uuid": key_uuid, "status": response.get("status") or "completed"}
-        row |= {"body": dumps(response), "updated_ms": now_ms()}
-        return await self.writer.run(lambda conn: self._upsert(conn, row, [], outputs, guard=True))
+        status = response.get("status") or "completed"
+        body = dumps(response)
+        rid = response["id"]
 
-    def _upsert(
-        self,
-        conn: Connection,
-        row: dict[str, Any],
-        inputs: list[dict[str, Any]],
-        outputs: list[dict[str, Any]],
-        guard: bool,
-    ) -> bool:
-        """Insert or replace a response. `guard` (a background response finishing): only while it
-        is still active, and only its output items change (its input items keep their ids)."""
-        values = {k: row[k] for k in ("status", "body", "updated_ms") if k in row}
-        stmt = update(responses).where(responses.c.id == row["id"], responses.c.key_uuid == row["key_uuid"])
-        if guard:  # a cancelled background response keeps its `cancelled`
-            stmt = stmt.where(responses.c.status.in_(ACTIVE))
-        items = response_items
-        if conn.execute(stmt.values(**values)).rowcount:
-            replaced = items.c.kind == "output" if guard else True
-            conn.execute(delete(items).where(items.c.response_id == row["id"], replaced))
-            conversation_id = conn.execute(
-                select(responses.c.conversation_id).where(responses.c.id == row["id"])
-            ).scalar()
-        elif guard:
-            return False
-        else:
-            conn.execute(insert(responses).values(row))
-            conversation_id = row["conversation_id"]
-        if guard:
-            stored = select(items.c.item).where(items.c.response_id == row["id"], items.c.kind == "input")
-            inputs = [orjson.loads(r[0]) for r in conn.execute(stored.order_by(items.c.id))]
-        else:
+        def op(conn: Connection) -> bool:
+            c, items = responses.c, response_items
+            stmt = update(responses).where(c.id == rid, c.key_uuid == key_uuid, c.status.in_(ACTIVE))
+            if not conn.execute(stmt.values(status=status, body=body, updated_ms=now_ms())).rowcount:
+                return False
+            conn.execute(delete(items).where(items.c.response_id == rid, items.c.kind == "output"))
             rows = [
-                {"response_id": row["id"], "kind": "input", "item_id": i["id"], "item": dumps(i)}
-                for i in inputs
+                {"response_id": rid, "kind": "output", "item_id": i["id"], "item": dumps(i)} for i in outputs
             ]
             if rows:
-                conn.execute(insert(items), rows)
-        rows = [
-            {"response_id": row["id"], "kind": "output", "item_id": i["id"], "item": dumps(i)}
-            for i in outputs
-        ]
-        if rows:
-            conn.execute(insert(items), rows)
-        if conversation_id and row["status"] in ("completed", "incomplete"):
-            append_items(conn, conversation_id, row["id"], inputs + outputs, self._retention_ms)
-        return True
+                conn.execute(INSERT_ITEM, rows)
+            conversation_id = conn.execute(select(c.conversation_id).where(c.id == rid)).scalar()
+            if conversation_id and status in ("completed", "incomplete"):
+                stored = select(items.c.item).where(items.c.response_id == rid, items.c.kind == "input")
+                inputs = [orjson.loads(r[0]) for r in conn.execute(stored.order_by(items.c.id))]
+                append_items(conn, conversation_id, rid, inputs + outputs, self._retention_ms)
+            return True
+
+        return await self.writer.run(op)
 
     async def delete(self, response_id: str, key_uuid: str) -> None:
         def op(conn: Connection) -> int:

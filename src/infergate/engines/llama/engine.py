@@ -23,7 +23,8 @@ from typing import Any
 
 import llama_cpp as L
 
-from infergate.cache.store import Clock, KVStateStore
+from infergate.cache.handover import HandoverStore
+from infergate.cache.store import Clock, KVStateStore, StoreStats
 from infergate.catalog import ModelSpec
 from infergate.engines.base import ChatEngine, ChatRequest, ChatResult, RequestContext
 from infergate.engines.llama.jobs import Cached, Delta, Done, Event, Failed, Job, Started
@@ -157,7 +158,10 @@ class LlamaCppEngine(ChatEngine):
         self.prompt_cache: PrefixCache | None = None
         if spec.prompt_cache_mb > 0:
             self.prompt_cache = PrefixCache(spec.id, prompt_cache_store(spec, data_dir, clock))
-        self.scheduler = Scheduler(spec, self.threads, self.prompt_cache)
+        # states of slots handed to another prompt (handover.py): a store apart from the
+        # breakpoint prefixes, so that this churn never evicts a cache write a client paid for
+        self.slot_cache = HandoverStore(int(spec.slot_cache_mb * 2**20)) if spec.slot_cache_mb > 0 else None
+        self.scheduler = Scheduler(spec, self.threads, self.prompt_cache, self.slot_cache)
         self.system_fingerprint = _fingerprint(spec)
         self._started = False
 
@@ -166,10 +170,20 @@ class LlamaCppEngine(ChatEngine):
         if self._started:
             return
         self._started = True
-        if self.prompt_cache is not None:
-            watch_prompt_cache(self.spec.id, self.prompt_cache.store.stats)
+        if self.prompt_cache is not None or self.slot_cache is not None:
+            watch_prompt_cache(self.spec.id, self._cache_stats)
         self.scheduler.start()
         await asyncio.to_thread(self.scheduler.first_load.wait)
+
+    def _cache_stats(self) -> StoreStats:
+        """The saved KV states of both stores, for /metrics."""
+        stats = self.prompt_cache.store.stats() if self.prompt_cache else StoreStats(0, 0, 0, 0, 0, 0, 0, 0)
+        if self.slot_cache is not None:
+            slots = self.slot_cache.stats()
+            stats.entries += slots.entries
+            stats.tokens_in_memory += slots.tokens
+            stats.bytes_in_memory += slots.bytes_in_memory
+        return stats
 
     async def close(self) -> None:
         if self._started:

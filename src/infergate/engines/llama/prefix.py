@@ -183,29 +183,40 @@ class PrefixCache:
 
     def save(self, ctx: Any, seq_id: int, write: PrefixWrite) -> bool:
         """Copy the sequence's KV cells (exactly `write.n_tokens` of them) into the store."""
-        size = int(L.llama_state_seq_get_size(ctx, seq_id))
-        if size == 0 or size > self.store.memory_budget:
+        data = read_seq_state(ctx, seq_id, self.store.memory_budget)
+        if data is None:
             return False
-        data = bytearray(size)
-        view = (ctypes.c_uint8 * size).from_buffer(data)
-        written = int(L.llama_state_seq_get_data(ctx, view, size, seq_id))
-        del view  # release the export before resizing
-        if written == 0:
-            return False
-        del data[written:]
         return self.store.put(write.key, data, write.n_tokens, TTL_SECONDS[write.ttl])
 
     @staticmethod
     def restore_into(ctx: Any, seq_id: int, entry: CacheEntry) -> bool:
         """Load a saved state into an empty sequence; False (sequence left empty) on failure."""
-        state = entry.state
-        if state is None:
-            return False
-        size = len(state)
-        if isinstance(state, bytearray):
-            view = (ctypes.c_uint8 * size).from_buffer(state)
-        else:
-            view = (ctypes.c_uint8 * size).from_buffer_copy(state)
-        loaded = int(L.llama_state_seq_set_data(ctx, view, size, seq_id))
-        del view
-        return loaded > 0
+        return entry.state is not None and write_seq_state(ctx, seq_id, entry.state)
+
+
+def read_seq_state(ctx: Any, seq_id: int, max_size: int) -> bytearray | None:
+    """A copy of the sequence's KV cells (llama_state_seq_get_data); None when empty, larger than
+    `max_size` or not readable."""
+    size = int(L.llama_state_seq_get_size(ctx, seq_id))
+    if size == 0 or size > max_size:
+        return None
+    data = bytearray(size)
+    view = (ctypes.c_uint8 * size).from_buffer(data)
+    written = int(L.llama_state_seq_get_data(ctx, view, size, seq_id))
+    del view  # release the export before resizing
+    if written == 0:
+        return None
+    del data[written:]
+    return data
+
+
+def write_seq_state(ctx: Any, seq_id: int, state: bytes | bytearray) -> bool:
+    """Load a saved state into an empty sequence (llama_state_seq_set_data)."""
+    size = len(state)
+    if isinstance(state, bytearray):
+        view = (ctypes.c_uint8 * size).from_buffer(state)
+    else:
+        view = (ctypes.c_uint8 * size).from_buffer_copy(state)
+    loaded = int(L.llama_state_seq_set_data(ctx, view, size, seq_id))
+    del view
+    return loaded > 0

@@ -7,8 +7,9 @@ prompt chunks of newly admitted ones (decoders first, so a long prompt never sta
 than one chunk), runs one llama_decode and samples every sequence that produced logits. Events go
 back to each request's asyncio queue once per step. A finished slot keeps its KV cells, so a new
 prompt of the same scope sharing a prefix (multi-turn chat) only evaluates the rest (slots.py);
-with a `PrefixCache`, saved prefix states are restored into a slot and breakpoint prefixes are
-saved as prefill reaches them (see prefix.py).
+a slot given to another prompt first saves its state, which the next prompt of its conversation
+restores into whichever slot it gets (handover.py); with a `PrefixCache`, saved prefix states are
+restored into a slot and breakpoint prefixes are saved as prefill reaches them (see prefix.py).
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ from dataclasses import replace
 import llama_cpp as L
 import numpy as np
 
+from infergate.cache.handover import HandoverStore
 from infergate.catalog import ModelSpec
+from infergate.engines.llama.handover import Handover
 from infergate.engines.llama.jobs import Cached, Delta, Done, Event, Failed, Job, Started
 from infergate.engines.llama.model import N_BATCH, LoadedModel
 from infergate.engines.llama.prefix import CacheUsage, PrefixCache, PrefixPlan
 from infergate.engines.llama.prompt import prompt_tokens
 from infergate.engines.llama.sampling import SamplingOptions, SeqSampler
-from infergate.engines.llama.slots import Seq, Slot, pick_slot
+from infergate.engines.llama.slots import Seq, Slot
 from infergate.engines.llama.text import ChoiceText
 from infergate.engines.llama.worker import OnDemandWorker
 from infergate.errors import InfergateError, RateLimited, Unavailable
@@ -38,12 +41,20 @@ log = logging.getLogger("infergate.engines.llama.engine")
 
 
 class Scheduler(OnDemandWorker):
-    def __init__(self, spec: ModelSpec, threads: int, prefix: PrefixCache | None = None) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        threads: int,
+        prefix: PrefixCache | None = None,
+        handover: HandoverStore | None = None,
+    ) -> None:
         super().__init__(f"llama:{spec.id}", spec.idle_unload)
         self.spec = spec
         self.threads = threads
         self.parallel = spec.parallel
         self.prefix = prefix
+        # saves a slot's state when it is given to another prompt; places prompts in slots
+        self.handover = Handover(handover, prefix)
         self._writing: set[str] = set()  # prefix keys that active sequences will save
         self._deferred: list[tuple[Job, int]] = []  # choices waiting for such a save (hold a slot)
         self._waiting: deque[Job] = deque()
@@ -188,8 +199,8 @@ class Scheduler(OnDemandWorker):
             return
         prompt = job.prompt
         assert prompt is not None
-        slot, common = pick_slot(self._slots, prompt, job.scope)
-        slot_reuse = min(common, len(prompt) - 1)
+        # the longest prefix of the prompt: in a free slot, or in a slot state saved at handover
+        slot, slot_reuse, saved = self.handover.choose(self._slots, prompt, job.scope)
         plan: PrefixPlan | None = None
         if self.prefix is not None:
             plan = self.prefix.plan(
@@ -206,12 +217,8 @@ class Scheduler(OnDemandWorker):
         except Exception as exc:
             self._reject(job, exc)
             return
-        if self.prefix is None or plan is None:
-            n_past = model.drop_kv(slot.seq_id, slot_reuse)
-        else:
-            plan, n_past = self.prefix.apply(
-                model, slot.seq_id, plan, prompt, job.boundaries, job.explicit_cache, self._writing, job.scope
-            )
+        last = index == job.n - 1
+        plan, n_past = self.handover.place(model, job, slot, slot_reuse, saved, plan, self._writing, last)
         slot.busy, slot.cached, slot.owner = True, [], job.scope
         room = model.n_ctx_seq - len(prompt)
         max_new = room if job.max_tokens is None else min(job.max_tokens, room)

@@ -24,6 +24,7 @@ class Slot:
     cached: list[int] = field(default_factory=list)  # tokens whose KV cells the slot holds
     owner: str = ""  # scope of the job that left them
     busy: bool = False
+    last_used: int = 0  # when it was last given to a sequence (a counter): the LRU slot goes first
 
 
 @dataclass(eq=False, slots=True)
@@ -52,10 +53,25 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return int(diff[0]) if diff.size else n
 
 
-def pick_slot(slots: list[Slot], prompt: list[int], scope: str) -> tuple[Slot, int]:
+def pick_slot(slots: list[Slot], prompt: list[int], scope: str, min_reuse: int = 1) -> tuple[Slot, int]:
     """The free slot holding the longest prefix of `prompt` that `scope` may reuse, and its
-    length; another scope's cells count as nothing (a miss, not a hit)."""
-    return max(
-        ((s, common_prefix(s.cached, prompt) if s.owner == scope else 0) for s in slots if not s.busy),
-        key=lambda sc: sc[1],
-    )
+    length; another scope's cells count as nothing (a miss, not a hit). A match shorter than
+    `min_reuse` (every prompt shares the chat template's first tokens) counts as none, and among
+    equals an empty slot, then the least recently used one, is taken: the slots whose contents
+    are worth the least."""
+    best: tuple[Slot, int] | None = None
+    best_key: tuple[int, bool, int] | None = None
+    for slot in slots:
+        if slot.busy:
+            continue
+        common = common_prefix(slot.cached, prompt) if slot.owner == scope else 0
+        key = (common if common >= min_reuse else 0, not slot.cached, -slot.last_used)
+        if best_key is None or key > best_key:
+            best, best_key = (slot, common), key
+    assert best is not None, "no free slot"
+    return best
+
+
+def victim_slot(slots: list[Slot]) -> Slot:
+    """The free slot whose contents are worth the least: an empty one, else the least recently used."""
+    return min((s for s in slots if not s.busy), key=lambda s: (bool(s.cached), s.last_used))

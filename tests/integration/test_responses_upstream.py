@@ -18,7 +18,7 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from tests.support.ledger import ledger_row
+from tests.support.ledger import ledger_row, rows_where
 from tests.support.responses_upstream import ResponsesStandIn
 from tests.support.server import ServerProcess
 
@@ -382,3 +382,23 @@ def test_native_without_usage_is_counted_and_marked_estimated(
     assert resp.usage.input_tokens > 0 and resp.usage.output_tokens > 0
     row = ledger_row(srv, resp._request_id)
     assert row["estimated"] and row["output_tokens"] == resp.usage.output_tokens
+
+
+def test_client_gone_before_a_plain_answer_is_billed_499(
+    srv: ServerProcess, stand_in: ResponsesStandIn
+) -> None:
+    made = srv.create_key("gone-plain")
+    abandoned = stand_in.abandoned
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{srv.url}/v1/responses",
+            json={"model": "r-slow", "input": "hi", "store": False},
+            headers={"Authorization": f"Bearer {made['secret_key']}"},
+            timeout=httpx.Timeout(10, read=1.0),
+        )
+    rows = rows_where(srv, f"key_uuid = '{made['uuid']}'")  # polls until the row is flushed
+    assert [(r["endpoint"], r["status"]) for r in rows] == [("responses", 499)]
+    deadline = time.monotonic() + 10
+    while stand_in.abandoned == abandoned and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stand_in.abandoned == abandoned + 1  # the upstream call was dropped, not left running

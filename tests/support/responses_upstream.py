@@ -12,7 +12,7 @@ picks the behaviour of POST /v1/chat/completions:
   "mcpcaller"     calls the MCP tool `lookup` (key capital-of-france), then answers with its result
   "looper"        calls the MCP tool `add` on every turn (never answers: the loop bound ends it)
   "broken"        (streamed) sends two words, then an error event
-  "slow"          (streamed) a word every 0.2 s for a minute
+  "slow"          streamed: a word every 0.2 s for a minute; plain: answers after 20 s
 POST /v1/responses answers natively: a Responses object, or its SSE events ("native-nousage":
 without usage).
 Every body received is kept in `requests`.
@@ -60,7 +60,7 @@ class ResponsesStandIn:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/responses", self._responses)
-        self._runner = web.AppRunner(app)
+        self._runner = web.AppRunner(app, handler_cancellation=True)  # a client gone cancels the handler
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         self._loop.run_until_complete(site.start())
@@ -140,6 +140,12 @@ class ResponsesStandIn:
         plan = self._plan(body)
         if body.get("stream"):
             return await self._stream(request, body, plan)
+        if body.get("model") == "slow":
+            try:
+                await asyncio.sleep(20)
+            except asyncio.CancelledError:
+                self.abandoned += 1
+                raise
         message: dict[str, Any] = {"role": "assistant", "content": "".join(plan["content"]) or None}
         if plan["reasoning"]:
             message[plan["field"]] = "".join(plan["reasoning"])

@@ -11,6 +11,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import orjson
@@ -131,10 +132,12 @@ async def _background(
 
 
 async def _last(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    """A plain answer: the final response of the events (closed at once if the client leaves)."""
     final: dict[str, Any] | None = None
-    async for event in events:
-        if event["type"] in FINAL_EVENTS:
-            final = event["response"]
+    async with aclosing(events):
+        async for event in events:
+            if event["type"] in FINAL_EVENTS:
+                final = event["response"]
     assert final is not None, "the runner ended without a final event"
     return final
 

@@ -28,7 +28,8 @@ from infergate.storage.responses import ACTIVE
 
 log = logging.getLogger("infergate.responses.background")
 JOB_KIND = "response"
-TERMINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed", "error")
+# the last event of a response (an `error` event is followed by response.failed)
+TERMINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
 INTERRUPTED = (
     "The server running this background response stopped after its events had started to stream; "
     "it was not run again."
@@ -123,12 +124,13 @@ async def run_job(job: Any, platform: Any) -> dict[str, Any]:
         return {"status": "failed"}
     if last >= 0:  # an earlier attempt streamed to nobody: start afresh
         await store.clear_events(job.id)
-    params = ResponsesRequest.model_validate(body)
     response |= {"status": "in_progress"}
-    await store.update_row(job.id, status="in_progress", body=response)
+    if not await store.update_row(job.id, status="in_progress", body=response):
+        return {"status": "cancelled"}  # cancelled a moment ago
     final: dict[str, Any] | None = None
     pending: asyncio.Future[Any] | None = None
     try:
+        params = ResponsesRequest.model_validate(body)
         events = run_response(
             platform,
             params,
@@ -140,7 +142,7 @@ async def run_job(job: Any, platform: Any) -> dict[str, Any]:
             started=time.perf_counter(),
         )
         async for event in events:
-            pending = await store.append_events(job.id, [event])
+            pending = store.append_events(job.id, [event])
             pending.add_done_callback(lambda f: _written(job.id, f))
             if event.get("type") in TERMINAL_EVENTS and isinstance(event.get("response"), dict):
                 final = event["response"]
@@ -180,7 +182,7 @@ async def _fail(platform: Any, response_id: str, response: dict[str, Any], reaso
         with contextlib.suppress(Exception):  # the row says failed: the stream ends either way
             await store.append_events(
                 response_id, [{"type": "response.failed", "sequence_number": seq, "response": failed}]
-            )
+            )  # awaited: readers woken below must find it
         HUB.notify(response_id)
 
 

@@ -81,6 +81,7 @@ response_events = Table(
 
 INSERT_RESPONSE = insert(responses)
 INSERT_ITEM = insert(response_items)
+INSERT_EVENT = insert(response_events)
 
 # The chain of a response, newest first: walked in the database in one query, however long.
 CHAIN = text(
@@ -299,9 +300,10 @@ class ResponseStore:
 
     # --- background responses -------------------------------------------------------------------
 
-    async def append_events(self, response_id: str, events: list[dict[str, Any]]) -> asyncio.Future[Any]:
+    def append_events(self, response_id: str, events: list[dict[str, Any]]) -> asyncio.Future[Any]:
+        """Queue the events' write; await the future for it to be committed."""
         rows = [{"response_id": response_id, "seq": e["sequence_number"], "event": dumps(e)} for e in events]
-        return self.writer.submit(lambda conn: conn.execute(insert(response_events), rows))
+        return self.writer.submit(Rows([(INSERT_EVENT, rows)]))
 
     async def clear_events(self, response_id: str) -> None:
         t = response_events

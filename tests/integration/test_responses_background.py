@@ -186,3 +186,30 @@ def test_a_standalone_worker_runs_background_responses(upstream: StandInUpstream
             worker.send_signal(signal.SIGTERM)
             worker.wait(30)
         server.stop()
+
+
+def test_a_job_the_queue_gives_up_on_fails_its_response(upstream: StandInUpstream, tmp_path: Path) -> None:
+    """One attempt allowed, and its worker killed: the queue fails the job without running the
+    handler again; the sweep carries the queue's reason over to the response."""
+    env = {"INFERGATE_JOB_LEASE_SECONDS": "1", "INFERGATE_JOB_MAX_ATTEMPTS": "1"}
+    server = ServerProcess(tmp_path / "bg-abandoned", upstream_catalog(upstream.base_url), env=env).start()
+    try:
+        key = server.create_key("bg-abandoned")["secret_key"]
+
+        def client() -> openai.OpenAI:
+            return openai.OpenAI(base_url=f"{server.url}/v1/", api_key=key, max_retries=0)
+
+        queued = client().responses.create(model="standin-slow-ok", input="Slow answer.", background=True)
+        wait_for(lambda: client().responses.retrieve(queued.id).status == "in_progress", "the job to start")
+        assert server.proc is not None
+        server.proc.kill()
+        server.proc.wait()
+        server.start()
+        failed = wait_for(
+            lambda: (r := client().responses.retrieve(queued.id)).status != "in_progress" and r,
+            "the abandoned response to be marked failed",
+        )
+        assert strict(failed).status == "failed"
+        assert failed.error is not None and "abandoned" in failed.error.message
+    finally:
+        server.stop()

@@ -7,7 +7,8 @@ front of bench/mock_upstream.py (pinned to core 0 with wrk). wrk sends, in turn,
 completion and the same prompt as a Responses request with `store: true` (each response is then
 durably stored: row, input and output items, group-committed off the request path). Goal: the
 responses rate is at least 70 % of chat's. After the run the stored responses are counted, to show
-every 200 was stored. Prints a markdown table; exit 1 only when a part could not run.
+every 200 was stored. A `store: false` row shows what storing costs. Prints a markdown table;
+exit 1 only when a part could not run.
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ def wrk(url: str, key: str, body: dict, concurrency: int, duration: int, work: P
     return {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", line)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stored_responses(data_dir: Path) -> int:
     with sqlite3.connect(data_dir / "infergate.db") as db:
         return db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
@@ -94,6 +101,7 @@ def main() -> int:
         "--duration", type=int, default=int(os.environ.get("BENCH_DURATION", 2 if quick else 6))
     )
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1 if quick else 2)
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is missing (bench/gateway_bench.sh installs it with apt-get)", file=sys.stderr)
@@ -143,13 +151,21 @@ def main() -> int:
         )
         key = json.loads(made.stdout)["secret_key"]
         base = f"http://127.0.0.1:{ig_port}/v1"
-        rows = []
-        for name, path, body in (
+        targets = (
             ("chat.completions", "/chat/completions", CHAT),
             ("responses, store: true", "/responses", RESPONSES),
-        ):
-            wrk(base + path, key, body, args.concurrency, 1, work)  # warm-up
-            rows.append((name, wrk(base + path, key, body, args.concurrency, args.duration, work)))
+            ("responses, store: false", "/responses", {**RESPONSES, "store": False}),
+        )
+        best: dict[str, dict[str, float]] = {}
+        for _ in range(args.rounds):  # alternating rounds, best of each: noise only slows a run down
+            for name, path, body in targets:
+                wrk(base + path, key, body, args.concurrency, 1, work)  # warm-up
+                cpu = cpu_seconds(ig.pid)
+                result = wrk(base + path, key, body, args.concurrency, args.duration, work)
+                result["cpu_us"] = (cpu_seconds(ig.pid) - cpu) * 1e6 / max(result["requests"], 1)
+                if name not in best or result["rps"] > best[name]["rps"]:
+                    best[name] = result
+        rows = [(name, best[name]) for name, _, _ in targets]
         time.sleep(1)  # the last group commit
         stored = stored_responses(work / "data")
     finally:
@@ -162,21 +178,20 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(
         f"infergate `serve --workers 1` on core 1, mock upstream and wrk on core 0; c={args.concurrency}, "
-        f"{args.duration}s per run after a 1 s warm-up, SQLite.\n"
+        f"{args.duration}s per run after a 1 s warm-up, best of {args.rounds} alternating round(s), SQLite.\n"
     )
-    print("| endpoint | req/s | p50 ms | p99 ms | errors | non-2xx |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| endpoint | req/s | p50 ms | p99 ms | CPU µs/req | errors | non-2xx |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in rows:
-        cells = [f"{r['rps']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['errors']:.0f}"]
-        print(f"| {name} | {' | '.join(cells)} | {r['non2xx']:.0f} |")
-    chat, resp = rows[0][1]["rps"], rows[1][1]["rps"]
-    ratio = resp / chat if chat else 0.0
+        cells = [f"{r['rps']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['cpu_us']:.0f}"]
+        print(f"| {name} | {' | '.join(cells)} | {r['errors']:.0f} | {r['non2xx']:.0f} |")
+    chat, resp = rows[0][1], rows[1][1]
+    ratio = resp["rps"] / chat["rps"] if chat["rps"] else 0.0
     verdict = "PASS" if ratio >= GOAL else "MISS"
     print(f"\n- responses/chat req/s: **{ratio:.2f}** (goal >= {GOAL:.2f}: {verdict})")
-    print(
-        f"- stored responses after the runs: {stored} (responses answered, warm-up included: "
-        f"~{rows[1][1]['requests']:.0f} measured)"
-    )
+    if resp["cpu_us"]:
+        print(f"- chat/responses CPU per request: **{chat['cpu_us'] / resp['cpu_us']:.2f}** (steadier)")
+    print(f"- responses stored after the runs (warm-ups included): {stored}")
     return 0
 
 

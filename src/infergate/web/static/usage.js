@@ -67,17 +67,23 @@
     var xs = names.map(function (_, i) { return i; });
     var barPath = function (align) { return uPlot.paths.bars({ size: [0.35, 60], align: align }); };
     draw(id, {
-      scales: { x: { time: false, range: [-0.6, names.length - 0.4] } },
+      scales: {
+        x: { time: false, range: [-0.6, names.length - 0.4] },
+        usd: { range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; } },
+      },
       series: [
         { label: what, value: function (u, i) { return i == null ? "" : names[i]; } },
         { label: "input tokens", stroke: palette[0], fill: palette[0], paths: barPath(-1), points: { show: false }, value: function (u, v) { return compact(v); } },
         { label: "output tokens", stroke: palette[1], fill: palette[1], paths: barPath(1), points: { show: false }, value: function (u, v) { return compact(v); } },
+        // cost as a marker on its own (right-hand) axis
+        { label: "cost", scale: "usd", stroke: palette[4], fill: palette[4], width: 0, paths: function () { return null; }, points: { show: true, size: 10 }, value: function (u, v) { return usd(v); } },
       ],
       axes: [
         axis({ splits: function () { return xs; }, values: function (u, vals) { return vals.map(function (v) { var n = names[v]; return n && n.length > 18 ? n.slice(0, 17) + "…" : n || ""; }); } }),
         axis({ values: function (u, vals) { return vals.map(compact); }, size: 60 }),
+        axis({ scale: "usd", side: 1, grid: { show: false }, values: function (u, vals) { return vals.map(usd); }, size: 70 }),
       ],
-    }, [xs, group.input, group.output]);
+    }, [xs, group.input, group.output, group.cost]);
   }
   bars("chart-models", data.models, "model");
   bars("chart-keys", data.keys, "key");

@@ -48,6 +48,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from infergate.storage.responses import StoreSettings
 
     StoreSettings.from_env()  # INFERGATE_RESPONSE_*, INFERGATE_BACKGROUND_*: likewise
+    from infergate.web.session import PanelSettings
+
+    PanelSettings.from_env()  # INFERGATE_PANEL_*: likewise
     if bool(args.tls_cert) != bool(args.tls_key):
         print("infergate: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
@@ -58,9 +57,10 @@ async def serve_pgqueuer(dsn: str, concurrency: int) -> None:
     import psycopg
     from pgqueuer import QueueManager
     from pgqueuer.db import PsycopgDriver
+    from pgqueuer.queries import Queries
 
     conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-    manager = QueueManager(PsycopgDriver(conn))
+    manager = QueueManager(Queries(PsycopgDriver(conn)))
 
     @manager.entrypoint(KIND)
     async def _noop(job) -> None:  # type: ignore[no-untyped-def]
@@ -99,9 +99,11 @@ def stop_workers(procs: list[subprocess.Popen[str]]) -> None:
             proc.kill()
 
 
-def wait_done(engine, count_sql: str, target: int, timeout: float) -> float:  # type: ignore[no-untyped-def]
+def wait_done(engine, count_sql: str, target: int, timeout: float, procs) -> float:  # type: ignore[no-untyped-def]
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError("a worker process died")
         with engine.connect() as conn:
             if conn.execute(text(count_sql)).scalar() >= target:
                 return time.perf_counter()
@@ -122,11 +124,26 @@ def run_infergate(url: str, workers: int, jobs: int, concurrency: int) -> float:
     try:
         started = time.perf_counter()
         queue.submit_many(KIND, ({"i": i} for i in range(jobs)))
-        done = wait_done(engine, "SELECT count(*) FROM jobs WHERE status = 'COMPLETED'", jobs, 600)
+        done = wait_done(engine, "SELECT count(*) FROM jobs WHERE status = 'COMPLETED'", jobs, 300, procs)
     finally:
         stop_workers(procs)
         engine.dispose()
     return jobs / (done - started)
+
+
+async def reset_pgqueuer(dsn: str) -> None:
+    """Install pgqueuer's schema once, then empty its queue and log."""
+    import psycopg
+    from pgqueuer.db import PsycopgDriver
+    from pgqueuer.queries import Queries
+
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    queries = Queries(PsycopgDriver(conn))
+    if not await queries.schema_is_installed():
+        await queries.install()
+    await queries.clear_queue()
+    await queries.clear_queue_log()
+    await conn.close()
 
 
 def run_pgqueuer(dsn: str, workers: int, jobs: int, concurrency: int) -> float:
@@ -134,11 +151,7 @@ def run_pgqueuer(dsn: str, workers: int, jobs: int, concurrency: int) -> float:
     from pgqueuer.db import SyncPsycopgDriver
     from pgqueuer.queries import SyncQueries
 
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        with contextlib.suppress(Exception):  # already installed in this database
-            SyncQueries(SyncPsycopgDriver(conn)).install()
-        conn.execute("DELETE FROM pgqueuer")
-        conn.execute("DELETE FROM pgqueuer_log")
+    asyncio.run(reset_pgqueuer(dsn))
     procs = start_workers("pgqueuer", dsn, workers, concurrency)
     engine = create_engine(f"postgresql+psycopg://{dsn.split('://', 1)[1]}")
     try:
@@ -146,12 +159,8 @@ def run_pgqueuer(dsn: str, workers: int, jobs: int, concurrency: int) -> float:
             queries = SyncQueries(SyncPsycopgDriver(conn))
             started = time.perf_counter()
             queries.enqueue([KIND] * jobs, [None] * jobs, [0] * jobs)
-        done = wait_done(
-            engine,
-            "SELECT CASE WHEN count(*) = 0 THEN 1 ELSE 0 END * :n FROM pgqueuer".replace(":n", str(jobs)),
-            jobs,
-            600,
-        )
+        # pgqueuer deletes a finished job from its queue table
+        done = wait_done(engine, f"SELECT {jobs} - count(*) FROM pgqueuer", jobs, 300, procs)
     finally:
         stop_workers(procs)
         engine.dispose()

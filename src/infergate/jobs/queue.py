@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, func, or_, select, true, update
+from sqlalchemy import Connection, Engine, and_, func, or_, select, text, true, update
 from sqlalchemy import exc as sa_exc
 
 from infergate.config import float_env, int_env
@@ -92,6 +92,26 @@ class Outcome:
     output: Any = None
     error: str | None = None
     delay: float = 0.0
+
+
+def _final(o: Outcome) -> Outcome:
+    """A retry with no attempt left is a failure."""
+    if o.status == RETRY and o.job.attempts >= o.job.max_attempts:
+        return Outcome(o.job, FAILED, error=o.error)
+    return o
+
+
+# PostgreSQL: finish a batch of jobs in one statement, each only while its claim holds the lease.
+FINISH_MANY = text(
+    """
+    UPDATE jobs SET status = v.status, output = v.output, error = v.error, lease_token = NULL,
+                    completed_us = :now, updated_us = :now
+    FROM unnest(CAST(:ids AS varchar[]), CAST(:tokens AS varchar[]), CAST(:statuses AS varchar[]),
+                CAST(:outputs AS text[]), CAST(:errors AS text[])) AS v(id, token, status, output, error)
+    WHERE jobs.id = v.id AND jobs.lease_token = v.token AND jobs.status = 'IN_PROGRESS'
+    RETURNING jobs.id
+    """
+)
 
 
 @dataclass(frozen=True)
@@ -345,13 +365,37 @@ class JobQueue:
     def record(self, outcomes: Sequence[Outcome]) -> list[bool]:
         """Write how jobs ended, in one transaction (a busy worker's batch). Each write applies only
         while its claim holds the lease: False for a job cancelled or taken over meanwhile."""
+        outcomes = [_final(o) for o in outcomes]
         with self.engine.begin() as conn:
-            return [self._apply(conn, o) for o in outcomes]
+            if not self.postgres:  # statements are function calls there: one per outcome is cheap
+                return [self._apply(conn, o) for o in outcomes]
+            # PostgreSQL: every finished job of the batch in one statement (one round trip)
+            done = self._finish_many(conn, [o for o in outcomes if o.status in (COMPLETED, FAILED)])
+            return [
+                o.job.id in done if o.status in (COMPLETED, FAILED) else self._apply(conn, o)
+                for o in outcomes
+            ]
+
+    def _finish_many(self, conn: Connection, outcomes: list[Outcome]) -> set[str]:
+        if not outcomes:
+            return set()
+        now = now_us()
+        params = {
+            "ids": [o.job.id for o in outcomes],
+            "tokens": [o.job.lease_token for o in outcomes],
+            "statuses": [o.status for o in outcomes],
+            "outputs": [orjson.dumps(o.output).decode() if o.output is not None else None for o in outcomes],
+            "errors": [o.error for o in outcomes],
+            "now": now,
+        }
+        done = {row[0] for row in conn.execute(FINISH_MANY, params)}
+        for o in outcomes:
+            if o.job.id in done:
+                self._notify(conn, o.job)
+        return done
 
     def _apply(self, conn: Connection, o: Outcome) -> bool:
         job = o.job
-        if o.status == RETRY and job.attempts >= job.max_attempts:
-            return self._finish(conn, job, FAILED, None, o.error)
         if o.status in (COMPLETED, FAILED):
             return self._finish(conn, job, o.status, o.output, o.error)
         now = now_us()

@@ -81,6 +81,7 @@ class Worker:
         self._stopping = False
         self._wake = asyncio.Event()
         self._slot = asyncio.Event()
+        self._busy = 0  # handlers running; a job whose outcome is being written no longer counts
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: list[tuple[Outcome, asyncio.Future[bool]]] = []  # outcomes waiting to be written
         self._flusher: asyncio.Task[None] | None = None
@@ -138,7 +139,7 @@ class Worker:
     # -- loops -----------------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
         while not self._stopping:
-            free = self.settings.concurrency - len(self.running)
+            free = self.settings.concurrency - self._busy
             if free <= 0:
                 self._slot.clear()
                 await self._slot.wait()
@@ -180,8 +181,14 @@ class Worker:
 
     # -- one job ----------------------------------------------------------------------------------
     async def _run(self, job: Job) -> None:
+        self._busy += 1
         try:
             outcome = await self._outcome(job)
+        finally:
+            # the slot is free once the handler is done: the next claim overlaps this write
+            self._busy -= 1
+            self._slot.set()
+        try:
             if job.id not in self._dropped:
                 await self._record(outcome)
         except Exception as exc:  # the database failed us: the lease expires and the job is retried
@@ -189,7 +196,6 @@ class Worker:
         finally:
             self.running.pop(job.id, None)
             self._dropped.discard(job.id)
-            self._slot.set()
 
     async def _outcome(self, job: Job) -> Outcome:
         """Run the handler; how it ended."""

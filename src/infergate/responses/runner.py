@@ -176,8 +176,9 @@ async def _run_chat(
                     async for event in call_events:
                         if first:  # the call answered: the response exists from here on
                             first = False
-                            yield run.seq.event("response.created", response=run.response("in_progress"))
-                            yield run.seq.event("response.in_progress", response=run.response("in_progress"))
+                            opened = run.response("in_progress")
+                            yield run.seq.event("response.created", response=opened)
+                            yield run.seq.event("response.in_progress", response=opened)
                             for ev in _mcp_listing(run, toolset):
                                 yield ev
                         if event is not None:

@@ -321,3 +321,34 @@ def test_items_are_checked_and_normalized() -> None:
     assert item["content"] == [{"type": "output_text", "text": "hi", "annotations": []}]
     assert item["id"].startswith("msg_") and item["status"] == "completed"
     assert normalize_items([item]) == [item]  # normalizing twice changes nothing
+
+
+def test_ids_no_column_can_hold_are_a_404_or_a_400(engine: Engine) -> None:
+    """A NUL (which PostgreSQL refuses) or an over-long id never reaches the database as an error."""
+
+    async def go() -> None:
+        store = ResponseStore(engine)
+        await store.save(response("ok", []), [message("user", "x")], key_uuid=KEY)
+        conv = await store.conversations.create(KEY, {}, [message("user", "x")])
+        for bad in ("a\x00b", "x" * 129):
+            for call in (
+                store.get(bad, KEY),
+                store.delete(bad, KEY),
+                store.load_history(bad, KEY),
+                store.conversations.get(bad, KEY),
+                store.conversations.delete(bad, KEY),
+                store.conversations.get_item(conv["id"], KEY, bad),
+            ):
+                with pytest.raises(NotFound):
+                    await call
+            with pytest.raises(InvalidRequest) as cursor:
+                await store.input_items("ok", KEY, after=bad, limit=2, order="asc")
+            assert cursor.value.param == "after"
+            with pytest.raises(InvalidRequest) as item:
+                await store.conversations.add_items(
+                    conv["id"], KEY, [{"id": bad, "role": "user", "content": "x"}]
+                )
+            assert item.value.param == "items[0].id"
+        await asyncio.to_thread(store.writer.close)
+
+    run(go())

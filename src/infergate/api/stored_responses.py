@@ -33,7 +33,7 @@ async def retrieve_response(
     request: Request,
     response_id: str,
     stream: bool = Query(False),
-    starting_after: int | None = Query(None, ge=-1),
+    starting_after: int | None = Query(None, ge=-1, le=2**31),
 ) -> Response:
     key = await authenticate(request)
     platform = platform_of(request)

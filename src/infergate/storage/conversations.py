@@ -30,7 +30,7 @@ from sqlalchemy import (
 from infergate.errors import NotFound
 from infergate.storage.db import BigId, metadata
 from infergate.storage.group_commit import GroupCommitter
-from infergate.storage.items import new_id, normalize_items, page
+from infergate.storage.items import new_id, normalize_items, page, plausible_id
 
 conversations = Table(
     "conversations",
@@ -133,7 +133,9 @@ class ConversationStore:
 
         return await asyncio.to_thread(run)
 
-    def _live(self, conversation_id: str, key_uuid: str) -> tuple[Any, ...]:
+    def _live(self, conversation_id: str, key_uuid: str, param: str | None = None) -> tuple[Any, ...]:
+        if not plausible_id(conversation_id):
+            raise not_found(conversation_id[:128], param)
         c = conversations.c
         return (c.id == conversation_id, c.key_uuid == key_uuid, c.expires_ms > _now_ms())
 
@@ -158,7 +160,7 @@ class ConversationStore:
         return as_object(row)
 
     async def get(self, conversation_id: str, key_uuid: str, param: str | None = None) -> dict[str, Any]:
-        where = self._live(conversation_id, key_uuid)
+        where = self._live(conversation_id, key_uuid, param)
         row = await self._read(
             lambda conn: conn.execute(select(conversations).where(*where)).mappings().first()
         )
@@ -212,6 +214,8 @@ class ConversationStore:
 
     async def get_item(self, conversation_id: str, key_uuid: str, item_id: str) -> dict[str, Any]:
         await self.get(conversation_id, key_uuid)
+        if not plausible_id(item_id):
+            raise item_not_found(item_id[:128])
         t = conversation_items_table
         stmt = select(t.c.item).where(t.c.conversation_id == conversation_id, t.c.item_id == item_id).limit(1)
         found = await self._read(lambda conn: conn.execute(stmt).scalar())
@@ -221,6 +225,8 @@ class ConversationStore:
 
     async def delete_item(self, conversation_id: str, key_uuid: str, item_id: str) -> dict[str, Any]:
         conversation = await self.get(conversation_id, key_uuid)
+        if not plausible_id(item_id):
+            raise item_not_found(item_id[:128])
         t = conversation_items_table
         stmt = delete(t).where(t.c.conversation_id == conversation_id, t.c.item_id == item_id)
         if not await self.writer.run(lambda conn: conn.execute(stmt).rowcount):

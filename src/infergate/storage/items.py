@@ -31,6 +31,11 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(24)}"
 
 
+def plausible_id(value: str) -> bool:
+    """An id we could have stored (the columns hold 128 characters; PostgreSQL takes no NUL)."""
+    return 0 < len(value) <= 128 and "\x00" not in value
+
+
 def normalize_items(items: Any, param: str = "items") -> list[dict[str, Any]]:
     """Check and normalize a list of items; a bad one is a 400 naming it (`items[2].role`)."""
     if isinstance(items, str):  # `input` given as a plain string: one user message
@@ -63,6 +68,8 @@ def normalize_item(item: Any, param: str) -> dict[str, Any]:
         )
     if not isinstance(item.get("id"), str) or not item["id"]:
         item["id"] = new_id(ID_PREFIXES.get(kind, "item"))
+    elif not plausible_id(item["id"]):
+        raise InvalidRequest(f"'{param}.id' must be 1 to 128 characters.", param=f"{param}.id")
     if kind in ("message", "function_call", "function_call_output", "mcp_call", "reasoning"):
         item.setdefault("status", "completed")
         if item["status"] is None:
@@ -128,6 +135,8 @@ def page(
     """One page of items by their insertion order; `after` is an item id (cursor pagination)."""
     stmt = select(table.c.item).where(*where)
     if after:
+        if not plausible_id(after):
+            raise InvalidRequest(f"No item with id '{after[:128]}' in this list.", param="after")
         pivot = conn.execute(select(table.c.id).where(*where, table.c.item_id == after).limit(1)).scalar()
         if pivot is None:
             raise InvalidRequest(f"No item with id '{after}' in this list.", param="after")

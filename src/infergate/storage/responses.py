@@ -39,7 +39,7 @@ from infergate.errors import InvalidRequest, NotFound
 from infergate.storage.conversations import ConversationStore, append_items, conversation_items
 from infergate.storage.db import BigId, metadata
 from infergate.storage.group_commit import GroupCommitter, Rows
-from infergate.storage.items import normalize_items, page
+from infergate.storage.items import normalize_items, page, plausible_id
 
 log = logging.getLogger("infergate.responses")
 DAY_SECONDS = 86_400
@@ -231,6 +231,9 @@ class ResponseStore:
         return await self.writer.run(op)
 
     async def delete(self, response_id: str, key_uuid: str) -> None:
+        if not plausible_id(response_id):
+            raise not_found(response_id[:128])
+
         def op(conn: Connection) -> int:
             found = conn.execute(
                 delete(responses).where(
@@ -251,6 +254,8 @@ class ResponseStore:
 
     async def row(self, response_id: str, key_uuid: str | None) -> dict[str, Any]:
         """The stored row (body parsed); `key_uuid=None` only for the background worker."""
+        if not plausible_id(response_id):
+            raise not_found(response_id[:128])
 
         def read(conn: Connection) -> Any:
             stmt = select(responses).where(responses.c.id == response_id, responses.c.expires_ms > now_ms())

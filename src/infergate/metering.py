@@ -94,6 +94,11 @@ class Meter:
         self.on_settle: Callable[[Usage | None], None] | None = None
 
     # -- estimates ----------------------------------------------------------------------------
+    def prompt(self) -> tuple[list[str], int]:
+        """The prompt's texts and the framing tokens around them (the key limiter's reservation)."""
+        texts = self._prompt_texts() if self._prompt_texts else []
+        return texts, self._prompt_overhead(len(texts))
+
     def estimate_now(self, prompt_texts: list[str] | None = None) -> Usage:
         """Count the prompt and the output seen so far (synchronous: call off the loop)."""
         if prompt_texts is None:

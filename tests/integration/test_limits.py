@@ -114,7 +114,7 @@ def ledger_rows(
 def assert_budget_race(responses: list[httpx.Response], rows: list[dict[str, Any]]) -> None:
     ok = [r for r in responses if r.status_code == 200]
     refused = [r for r in responses if r.status_code == 429]
-    assert len(ok) == 10, [r.status_code for r in responses]
+    assert len(ok) == 10, ([r.status_code for r in responses], refused[0].text if refused else None)
     assert len(refused) == 40, [r.text for r in responses if r.status_code not in (200, 429)][:3]
     for r in refused:
         error = r.json()["error"]

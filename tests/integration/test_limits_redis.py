@@ -70,8 +70,8 @@ def test_fifty_concurrent_requests_on_two_servers_on_a_budget_for_ten(pair: Pair
     assert put_limits(pair.a, key["uuid"], {"monthly_budget_usd": BUDGET_USD}).status_code == 200
     responses = asyncio.run(fire(pair.urls, key["secret_key"], 50))
     assert_budget_race(responses, ledger_rows(pair.db, key["uuid"], [pair.a, pair.b]))
-    served_by = {r.request.url.port for r in responses if r.status_code == 200}
-    assert len(served_by) == 2, "both servers should have admitted some of the ten"
+    # both servers decided: each alone would have allowed ten
+    assert len({r.request.url.port for r in responses if r.status_code == 429}) == 2
     for server in (pair.a, pair.b):  # one shared state: both see the same spend, nothing reserved
         usage = get_limits(server, key["uuid"]).json()["usage"]
         assert usage == {"month_cost_usd": pytest.approx(BUDGET_USD), "reserved_usd": 0.0}

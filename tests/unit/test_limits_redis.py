@@ -81,6 +81,30 @@ def test_rates_and_token_refunds(redis_server: RedisServer) -> None:
     run(scenario())
 
 
+def test_calls_batched_with_an_unloaded_script_run_once(redis_server: RedisServer) -> None:
+    """A fresh Redis knows no script: in a pipeline where only the settle script is missing, the
+    admissions that ran must not run again (a second run would reserve twice)."""
+
+    async def scenario() -> None:
+        limiter = RedisLimiter(redis_server.url)
+        limits = KeyLimits(rpm=10, monthly_budget_usd=100e-9)
+        await limiter.seed_spend("k", MONTH, 0)
+        _, first = await limiter.try_admit("k", "a", limits, Need(10, 0), MONTH)  # loads the admit script
+        assert first is not None
+        results = await asyncio.gather(
+            limiter.settle(first, 10, None, MONTH, None),  # its script is not in Redis yet
+            limiter.try_admit("k", "b", limits, Need(10, 0), MONTH),
+            limiter.try_admit("k", "c", limits, Need(10, 0), MONTH),
+        )
+        assert [verdict.requests_remaining for verdict, _ in results[1:]] == [8, 7]
+        assert await limiter.reserved_nano("k") == 20
+        verdict, _ = await limiter.try_admit("k", "d", limits, Need(10, 0), MONTH)
+        assert (verdict.spent_nano, verdict.reserved_nano, verdict.requests_remaining) == (10, 30, 6)
+        await limiter.close()
+
+    run(scenario())
+
+
 def test_a_lease_not_renewed_frees_its_slot_and_reservation(redis_server: RedisServer) -> None:
     async def scenario() -> None:
         # as if the process holding the request died: nobody renews or settles it

@@ -8,13 +8,14 @@ hard: this month's settled cost plus every open reservation never passes it.
 from __future__ import annotations
 
 import math
+import time
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from infergate.errors import InvalidRequest
+from infergate.errors import InvalidRequest, RateLimited
 
 NANO_PER_USD = 1_000_000_000
 MAX_RATE = 1_000_000_000  # rpm, tpm and concurrency above this are typos, not limits
@@ -45,6 +46,7 @@ class KeyLimits:
     tpm: int | None = None
     max_concurrency: int | None = None
     monthly_budget_usd: float | None = None
+    budget_nano: int | None = field(default=None, init=False, repr=False, compare=False)  # nano-USD
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "max_concurrency"):
@@ -61,6 +63,8 @@ class KeyLimits:
                     param="monthly_budget_usd",
                 )
             object.__setattr__(self, "monthly_budget_usd", float(usd))
+        nano = None if usd is None else int((Decimal(repr(float(usd))) * NANO_PER_USD).to_integral_value())
+        object.__setattr__(self, "budget_nano", nano)  # computed once: read on every admission
 
     @classmethod
     def from_dict(cls, body: Any) -> KeyLimits:
@@ -80,12 +84,6 @@ class KeyLimits:
     ) -> KeyLimits:
         budget = None if budget_nano is None else budget_nano / NANO_PER_USD
         return cls(rpm, tpm, conc, budget)
-
-    @property
-    def budget_nano(self) -> int | None:
-        if self.monthly_budget_usd is None:
-            return None
-        return int((Decimal(repr(self.monthly_budget_usd)) * NANO_PER_USD).to_integral_value())
 
     @property
     def unlimited(self) -> bool:
@@ -147,9 +145,19 @@ class Verdict:
     reserved_nano: int = 0
 
 
+_month: tuple[float, float, str] = (0.0, 0.0, "")  # [start, end) of the last month asked for, its name
+
+
 def month_of(now: float) -> str:
     """The UTC month a cost counts in, as the ledger's created_ms falls (e.g. '2026-11')."""
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m")
+    global _month
+    start, end, name = _month
+    if start <= now < end:
+        return name
+    name = datetime.fromtimestamp(now, UTC).strftime("%Y-%m")
+    start = month_start_ms(name) / 1000
+    _month = (start, now + seconds_to_next_month(now), name)
+    return name
 
 
 def month_start_ms(month: str) -> int:
@@ -193,3 +201,41 @@ def rate_headers(limits: KeyLimits, verdict: Verdict) -> list[tuple[bytes, bytes
             (b"x-ratelimit-reset-tokens", duration(verdict.tokens_reset).encode()),
         ]
     return headers
+
+
+def _usd(nano: int) -> str:
+    return f"${nano / NANO_PER_USD:.6f}".rstrip("0").rstrip(".")
+
+
+def refusal(limits: KeyLimits, need: Need, verdict: Verdict) -> RateLimited:
+    """The 429 of a refused request: which limit, why, and when to come back (Retry-After)."""
+    retry = max(1, math.ceil(verdict.retry_after))
+    code = "rate_limit_exceeded"
+    param = None
+    if verdict.refused == REFUSED_RPM:
+        message = f"Rate limit reached for this key: {limits.rpm} requests per minute. Retry after {retry} s."
+    elif verdict.refused == REFUSED_CONCURRENCY:
+        message = f"Too many requests in flight for this key: at most {limits.max_concurrency} at a time."
+    elif verdict.refused == REFUSED_BUDGET:
+        code = "insufficient_quota"
+        message = (
+            f"This key's monthly budget of {_usd(limits.budget_nano or 0)} would be exceeded: "
+            f"{_usd(verdict.spent_nano)} spent this month, {_usd(verdict.reserved_nano)} reserved by "
+            f"requests in flight, and this request may cost up to {_usd(need.cost_nano)} (prompt plus "
+            "max_tokens)."
+        )
+        # reservations in flight may settle below their maximum; else only the next month helps
+        retry = 1 if verdict.reserved_nano else max(1, math.ceil(seconds_to_next_month(time.time())))
+    elif limits.tpm is not None and need.tokens > limits.tpm:
+        param = "max_tokens"
+        retry = 60
+        message = (
+            f"This request may use {need.tokens} tokens (prompt plus max_tokens, or the model's context "
+            f"without it), more than this key's limit of {limits.tpm} tokens per minute: lower max_tokens."
+        )
+    else:
+        message = (
+            f"Rate limit reached for this key: {limits.tpm} tokens per minute; this request may use "
+            f"{need.tokens}. Retry after {retry} s."
+        )
+    return RateLimited(message, param=param, code=code, headers={"Retry-After": str(retry)})

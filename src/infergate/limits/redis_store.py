@@ -11,6 +11,7 @@ Time is Redis's own (TIME), so replicas with skewed clocks still share one bucke
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,17 +155,25 @@ class RedisReservation:
     need: Need
 
 
+Call = tuple[Any, list[str], list[Any], "asyncio.Future[Any]"]  # script, keys, args, its result
+
+
 class NeedsSpend(Exception):
     """The month's spend of this key is not in Redis yet: read it from the ledger and `seed_spend`."""
 
 
 class RedisLimiter:
-    def __init__(self, url: str, timeout: float = 0.5, lease_ms: int = LEASE_MS) -> None:
+    def __init__(self, url: str, timeout: float = 2.0, lease_ms: int = LEASE_MS) -> None:
         import redis.asyncio as aioredis
 
         self.lease_ms = lease_ms
         # Short timeouts: an unreachable Redis must turn into the per-process fallback at once.
-        self.client: Any = aioredis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        # RESP2: its replies parse with less work than RESP3's, and nothing here needs RESP3.
+        self.client: Any = aioredis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, protocol=2
+        )
+        self._pending: list[Call] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._admit = self.client.register_script(ADMIT)
         self._settle = self.client.register_script(SETTLE)
         self._peek = self.client.register_script(PEEK)
@@ -174,9 +183,10 @@ class RedisLimiter:
     async def try_admit(
         self, key_uuid: str, request_id: str, limits: KeyLimits, need: Need, month: str
     ) -> tuple[Verdict, RedisReservation | None]:
-        out = await self._admit(
-            keys=key_names(key_uuid, month),
-            args=[
+        sent = self._enqueue(
+            self._admit,
+            key_names(key_uuid, month),
+            [
                 request_id,
                 self.lease_ms,
                 _arg(limits.rpm),
@@ -188,6 +198,12 @@ class RedisLimiter:
                 IDLE_MS,
             ],
         )
+        try:
+            out = await asyncio.shield(sent)
+        except asyncio.CancelledError:  # the client left: a reservation made meanwhile is given back
+            gone = RedisReservation(key_uuid, request_id, need)
+            sent.add_done_callback(lambda f: self._give_back(f, gone, month, limits.tpm))
+            raise
         status = int(out[0])
         if status == -1:
             raise NeedsSpend
@@ -209,10 +225,67 @@ class RedisLimiter:
     async def settle(
         self, reservation: RedisReservation, cost_nano: int, tokens: int | None, month: str, tpm: int | None
     ) -> None:
-        await self._settle(
-            keys=key_names(reservation.key_uuid, month),
-            args=[reservation.request_id, cost_nano, _arg(tokens), _arg(tpm)],
-        )
+        keys = key_names(reservation.key_uuid, month)
+        await self._call(self._settle, keys, [reservation.request_id, cost_nano, _arg(tokens), _arg(tpm)])
+
+    def _give_back(
+        self, sent: asyncio.Future[Any], reservation: RedisReservation, month: str, tpm: int | None
+    ) -> None:
+        if not sent.cancelled() and sent.exception() is None and int(sent.result()[0]) == 0:
+            self._enqueue(
+                self._settle,
+                key_names(reservation.key_uuid, month),
+                [reservation.request_id, 0, 0, _arg(tpm)],
+            )
+
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        return await self._enqueue(script, keys, args)
+
+    def _enqueue(self, script: Any, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        """Run a script in the next pipeline: calls made while one pipeline is on its way go together
+        in the next one (group commit), so under load many requests share one write and one read."""
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((script, keys, args, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return done
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await self._run_batch(batch)
+            except BaseException as exc:
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for (*_, done), result in zip(batch, results, strict=True):
+                if not done.done():
+                    if isinstance(result, Exception):
+                        done.set_exception(result)
+                    else:
+                        done.set_result(result)
+
+    async def _run_batch(self, batch: list[Call]) -> list[Any]:
+        from redis.exceptions import NoScriptError
+
+        results = await self._pipeline(batch)
+        again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if again:  # Redis (re)started: its script cache is empty; only those calls did not run
+            for script in {batch[i][0] for i in again}:
+                await self.client.script_load(script.script)
+            for i, result in zip(again, await self._pipeline([batch[i] for i in again]), strict=True):
+                results[i] = result
+        return results
+
+    async def _pipeline(self, batch: list[Call]) -> list[Any]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for script, keys, args, _ in batch:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
 
     async def add_spend(self, key_uuid: str, month: str, cost_nano: int) -> None:
         await self._add(keys=[key_names(key_uuid, month)[3]], args=[cost_nano])

@@ -18,23 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy import Engine
 
-from infergate.errors import NotFound, RateLimited
+from infergate.errors import NotFound
 from infergate.limits.local import LocalLimiter, LocalReservation
 from infergate.limits.model import (
     HEADERS_STATE,
     HTTP_STATE,
-    NANO_PER_USD,
-    REFUSED_BUDGET,
-    REFUSED_CONCURRENCY,
-    REFUSED_RPM,
     KeyLimits,
     LimitsStatus,
     Need,
@@ -42,8 +36,9 @@ from infergate.limits.model import (
     month_of,
     month_start_ms,
     rate_headers,
-    seconds_to_next_month,
+    refusal,
 )
+from infergate.limits.prices import Prices, prompt_bound
 from infergate.limits.redis_store import LEASE_MS, NeedsSpend, RedisLimiter, RedisReservation
 from infergate.limits.store import LimitsRepository
 from infergate.observability import REGISTRY
@@ -101,9 +96,10 @@ class KeyLimiter:
         self._load_seq = self._applied_seq = 0
         self._loading: tuple[int | None, asyncio.Task[None]] | None = None
         self._seeding: dict[tuple[str, str], asyncio.Task[int]] = {}
-        self._prices: dict[str, tuple[Any, Decimal, Decimal]] = {}
+        self._prices: dict[str, Prices] = {}
         self._on_redis: dict[str, tuple[RedisReservation, float]] = {}  # request id -> (reservation, since)
         self._owed: dict[tuple[str, str], int] = {}  # (key, month) -> cost settled while Redis was away
+        self._unsure: list[RedisReservation] = []  # admissions whose answer from Redis was lost
         self._tasks: set[asyncio.Task[Any]] = set()
         self._renewer: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
@@ -191,26 +187,29 @@ class KeyLimiter:
             state[HEADERS_STATE] = rate_headers(limits, verdict)
         if reservation is None:
             REFUSED.labels(verdict.refused).inc()
-            raise _refusal(limits, need, verdict)
+            raise refusal(limits, need, verdict)
         spec = charge.spec
         meter.on_settle = lambda usage: self._settled(reservation, spec, limits, usage)
 
-    def _price(self, spec: ModelSpec) -> tuple[Decimal, Decimal]:
-        cached = self._prices.get(spec.id)
-        if cached is None or cached[0] is not spec:
-            # a prompt token may be billed as a cache write: reserve at the dearest input price
-            top = max(spec.price_nano(k) for k in ("input", "cache_write_5m", "cache_write_1h"))
-            cached = self._prices[spec.id] = (spec, top, spec.price_nano("output"))
-        return cached[1], cached[2]
+    def prices(self, spec: ModelSpec) -> Prices:
+        prices = self._prices.get(spec.id)
+        if prices is None or prices.spec is not spec:
+            prices = self._prices[spec.id] = Prices(spec)
+        return prices
 
     async def _need(self, meter: Meter, limits: KeyLimits, max_output_tokens: int | None) -> Need:
         if not limits.counts_prompt:
             return Need(0, 0)
-        prompt = (await meter.estimate()).input_tokens  # the prompt only: no output yet
-        output = max_output_tokens if max_output_tokens is not None else meter.charge.spec.n_ctx
-        input_price, output_price = self._price(meter.charge.spec)
-        cost = math.ceil(prompt * input_price + output * output_price)
-        return Need(cost if limits.budget_nano is not None else 0, prompt + output)
+        texts, framing = meter.prompt()
+        prompt = prompt_bound(texts)
+        if prompt is None:  # a long prompt: counted (in a thread), an estimate of its tokens
+            prompt = (await meter.estimate()).input_tokens
+        else:
+            prompt += framing
+        spec = meter.charge.spec
+        output = max_output_tokens if max_output_tokens is not None else spec.n_ctx
+        cost = self.prices(spec).reserve(prompt, output) if limits.budget_nano is not None else 0
+        return Need(cost, prompt + output)
 
     async def _decide(
         self, key_uuid: str, request_id: str, limits: KeyLimits, need: Need, month: str
@@ -219,6 +218,8 @@ class KeyLimiter:
             try:
                 return await self._decide_redis(key_uuid, request_id, limits, need, month)
             except _redis_errors() as exc:
+                # A timeout leaves it unknown whether Redis reserved: give it back once Redis answers.
+                self._unsure.append(RedisReservation(key_uuid, request_id, need))
                 self._went_down(exc)
         if self.redis is not None:
             LOCAL_FALLBACK.inc()
@@ -265,7 +266,7 @@ class KeyLimiter:
             if usage is None:  # billed later by an estimate: the reservation stands as the cost
                 cost, tokens = reservation.need.cost_nano, None
             else:
-                cost, tokens = usage.cost_nano_usd(spec), usage.total_tokens
+                cost, tokens = self.prices(spec).cost(usage), usage.total_tokens
             month = month_of(time.time())
             if isinstance(reservation, LocalReservation):
                 self.local.settle(reservation, cost, tokens, month)
@@ -336,6 +337,9 @@ class KeyLimiter:
             try:
                 await self.redis.ping()
                 await self._pay_owed()
+                while self._unsure:
+                    unsure = self._unsure.pop()
+                    await self.redis.settle(unsure, 0, 0, month_of(time.time()), None)
             except _redis_errors():
                 continue
             self.redis_up = True
@@ -389,40 +393,3 @@ class KeyLimiter:
         if len(key_uuid) > 64:
             raise NotFound(f"model access key {key_uuid[:64]}... not found")
         self.key_cache.repo.get(key_uuid)  # NotFound for an unknown or deleted key
-
-
-def _usd(nano: int) -> str:
-    return f"${nano / NANO_PER_USD:.6f}".rstrip("0").rstrip(".")
-
-
-def _refusal(limits: KeyLimits, need: Need, verdict: Verdict) -> RateLimited:
-    retry = max(1, math.ceil(verdict.retry_after))
-    code = "rate_limit_exceeded"
-    param = None
-    if verdict.refused == REFUSED_RPM:
-        message = f"Rate limit reached for this key: {limits.rpm} requests per minute. Retry after {retry} s."
-    elif verdict.refused == REFUSED_CONCURRENCY:
-        message = f"Too many requests in flight for this key: at most {limits.max_concurrency} at a time."
-    elif verdict.refused == REFUSED_BUDGET:
-        code = "insufficient_quota"
-        message = (
-            f"This key's monthly budget of {_usd(limits.budget_nano or 0)} would be exceeded: "
-            f"{_usd(verdict.spent_nano)} spent this month, {_usd(verdict.reserved_nano)} reserved by "
-            f"requests in flight, and this request may cost up to {_usd(need.cost_nano)} (prompt plus "
-            "max_tokens)."
-        )
-        # reservations in flight may settle below their maximum; else only the next month helps
-        retry = 1 if verdict.reserved_nano else max(1, math.ceil(seconds_to_next_month(time.time())))
-    elif limits.tpm is not None and need.tokens > limits.tpm:
-        param = "max_tokens"
-        retry = 60
-        message = (
-            f"This request may use {need.tokens} tokens (prompt plus max_tokens, or the model's context "
-            f"without it), more than this key's limit of {limits.tpm} tokens per minute: lower max_tokens."
-        )
-    else:
-        message = (
-            f"Rate limit reached for this key: {limits.tpm} tokens per minute; this request may use "
-            f"{need.tokens}. Retry after {retry} s."
-        )
-    return RateLimited(message, param=param, code=code, headers={"Retry-After": str(retry)})

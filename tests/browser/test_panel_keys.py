@@ -117,6 +117,8 @@ def test_create_rename_regenerate_delete(page: Any, panel_server: ServerProcess)
     page.get_by_role("button", name="Delete access key").click()
     page.wait_for_url("**/panel/keys?done=*")
     assert "no longer works" in page.get_by_role("status").inner_text()
+    page.goto("/panel/keys?done=Call+0800+now")  # only known codes show a message
+    assert page.get_by_role("status").count() == 0
     assert _key_row(page, "panel-renamed").count() == 0
     assert _models_status(panel_server, second_secret) == 401
 

@@ -36,6 +36,13 @@ def test_models_page_shows_catalog_status_and_slots(page: Any, panel_server: Ser
     assert "loaded" in text
     assert "of 4 slots busy" in text and "queued (max 64)" in text
     check_page(page, "models")
+    # the status table refreshes itself (htmx), and a refresh after the session ended goes to login
+    with page.expect_response("**/panel/models/status", timeout=15_000) as refresh:
+        pass
+    assert refresh.value.status == 200 and "smollm2-135m-instruct" in refresh.value.text()
+    page.context.clear_cookies()
+    page.wait_for_url(f"{panel_server.url}/", timeout=15_000)
+    assert page.get_by_label("Admin token").is_visible()
 
 
 def test_playground_chat_streams_and_is_billed(page: Any, panel_server: ServerProcess) -> None:

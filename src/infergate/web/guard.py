@@ -43,6 +43,8 @@ async def read_form(request: Request) -> dict[str, str]:
 
 
 def _login_redirect(request: Request) -> Response:
+    if request.headers.get("hx-request"):  # an htmx refresh: send the whole page to the login form
+        return secure(Response(status_code=200, headers={"HX-Redirect": "/"}))
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return redirect("/?next=" + quote(target, safe=""))
 

@@ -93,7 +93,7 @@ async def key_action(request: Request, ctx: Ctx) -> Response:
             return ctx.render(
                 request, "key_rename.html", 400, nav="keys", key=key, error=answer.error_message()
             )
-        return redirect("/panel/keys?done=" + quote(f"Renamed to {name}."))
+        return redirect("/panel/keys?done=renamed")
     if action in ("regenerate", "delete"):
         if ctx.form.get("confirm_name", "") != key["name"]:
             error = "The name you typed does not match the key's name; nothing was changed."
@@ -102,9 +102,7 @@ async def key_action(request: Request, ctx: Ctx) -> Response:
             answer = await loopback.call(request, "DELETE", path, ctx.admin_token)
             if answer.status != 200:
                 return await _render_keys(request, ctx, answer.status, error=answer.error_message())
-            return redirect(
-                "/panel/keys?done=" + quote(f"Deleted {key['name']}; its secret no longer works.")
-            )
+            return redirect("/panel/keys?done=deleted")
         answer = await loopback.call(request, "PUT", path + "/regenerate", ctx.admin_token)
         if answer.status != 200:
             return await _render_keys(request, ctx, answer.status, error=answer.error_message())
@@ -160,7 +158,7 @@ async def _save_limits(request: Request, ctx: Ctx, key: dict[str, Any]) -> Respo
     answer = await loopback.call(request, "PUT", path, ctx.admin_token, body)
     if answer.status != 200:
         return await _limits_page(request, ctx, key, 400, answer.error_message())
-    return redirect("/panel/keys?done=" + quote(f"Saved the limits of {key['name']}."))
+    return redirect("/panel/keys?done=limits")
 
 
 router.add_api_route("/panel/keys", panel_page(keys_page), methods=["GET"])

@@ -31,6 +31,14 @@ SECURITY_HEADERS = {
 }
 
 
+# Messages after a redirect, by code: a link cannot make the panel show words of its choosing.
+FLASH = {
+    "renamed": "Key renamed.",
+    "deleted": "Key deleted: its secret no longer works.",
+    "limits": "Limits saved; they apply from the next request.",
+}
+
+
 def _when(value: Any) -> str:
     """A datetime or epoch milliseconds as 'YYYY-MM-DD HH:MM UTC'; '—' for none."""
     if value is None or value == "":
@@ -79,7 +87,7 @@ def secure(response: Response) -> Response:
 def page(request: Request, template: str, status: int = 200, **context: Any) -> Response:
     context.setdefault("session", None)
     context.setdefault("nav", "")
-    context.setdefault("flash", request.query_params.get("done"))
+    context.setdefault("flash", FLASH.get(request.query_params.get("done", "")))
     html = env.get_template(template).render(request=request, **context)
     return secure(HTMLResponse(html, status_code=status))
 

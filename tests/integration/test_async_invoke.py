@@ -180,7 +180,7 @@ def test_a_job_is_visible_only_to_its_key_and_the_admin(server: ServerProcess) -
         ({"model_id": "espeak-tts", "input": {"text": "x", "speed": 10}}, 400, "input.speed"),
         ({"model_id": "espeak-tts", "input": {"text": "x", "speed": "fast"}}, 400, "input.speed"),
         (
-            {"model_id": "espeak-tts", "input": {"text": "x", "output_format": "mp3"}},
+            {"model_id": "espeak-tts", "input": {"text": "x", "output_format": "aac"}},
             400,
             "input.output_format",
         ),
@@ -204,6 +204,24 @@ def test_bad_submissions_are_400s_naming_the_field(
     error = r.json()["error"]
     assert error["param"] == param, error
     assert error["message"]
+
+
+def looks_like(fmt: str, data: bytes) -> bool:
+    if fmt == "flac":
+        return data[:4] == b"fLaC"
+    return data[:3] == b"ID3" or (data[0] == 0xFF and data[1] & 0xE0 == 0xE0)  # mp3: a tag or a frame sync
+
+
+@pytest.mark.parametrize(("fmt", "content_type"), [("mp3", "audio/mpeg"), ("flac", "audio/flac")])
+def test_compressed_speech_formats(server: ServerProcess, fmt: str, content_type: str) -> None:
+    secret = server.create_key(f"fmt-{fmt}")["secret_key"]
+    r = submit(server, secret, {"model_id": "espeak-tts", "input": {"text": TEXT, "output_format": fmt}})
+    done = wait_status(server, secret, r.json()["request_id"], {"COMPLETED", "FAILED"})
+    assert done["status"] == "COMPLETED", done
+    audio = done["output"]["audio"]
+    assert audio["content_type"] == content_type and audio["file_name"].endswith(f".{fmt}")
+    data = httpx.get(audio["url"]).content
+    assert len(data) == audio["file_size"] and looks_like(fmt, data)
 
 
 def test_an_unknown_voice_fails_the_job_with_a_clear_error(server: ServerProcess) -> None:

@@ -12,6 +12,7 @@ request id, so a job that runs twice (its first worker died) is billed once.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import struct
 import time
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infergate.catalog import ModelSpec
+from infergate.engines.audio_format import COMPRESSED, FORMATS
 from infergate.engines.base import Engine, ImageEngine, RequestContext, SpeechEngine, SpeechRequest
 from infergate.errors import InvalidRequest, NotFound, Unavailable
 from infergate.jobs.queue import Job, RetryLater
@@ -116,7 +118,14 @@ def _charge(job: Job, spec: ModelSpec) -> Charge:
 
 
 def parse_speech(_spec: ModelSpec, raw: dict[str, Any]) -> SpeechInput:
-    return parse_input(SpeechInput, raw)
+    params = parse_input(SpeechInput, raw)
+    if params.output_format in COMPRESSED and importlib.util.find_spec("soundfile") is None:
+        raise InvalidRequest(
+            f"output_format '{params.output_format}' needs the speech extra's soundfile package; "
+            "wav and pcm work without it.",
+            param="input.output_format",
+        )
+    return params
 
 
 def finished_wav(audio: bytes) -> bytes:
@@ -130,9 +139,6 @@ def finished_wav(audio: bytes) -> bytes:
         + struct.pack("<I", len(audio) - 44)
         + audio[44:]
     )
-
-
-AUDIO_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm"}
 
 
 async def run_speech(
@@ -151,7 +157,7 @@ async def run_speech(
         audio = b"".join([chunk async for chunk in engine.speak(request)])
         if params.output_format == "wav":
             audio = finished_wav(audio)
-        content_type = AUDIO_TYPES[params.output_format]
+        content_type = FORMATS[params.output_format]
         ref = await platform.media.save(
             audio,
             content_type=content_type,

@@ -43,14 +43,14 @@ class AsyncInvokeRequest(BaseModel):
 
 
 class SpeechInput(BaseModel):
-    """fal's text-to-speech input; `output_format` beyond fal (the formats we encode)."""
+    """fal's text-to-speech input; `output_format` beyond fal (engines/audio_format.py's formats)."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
     text: str = Field(min_length=1, max_length=MAX_SPEECH_CHARS)
     voice: str | None = Field(default=None, min_length=1, max_length=100)
     speed: float = Field(default=1.0, ge=0.25, le=4.0, allow_inf_nan=False)
-    output_format: Literal["wav", "pcm"] = "wav"
+    output_format: Literal["wav", "pcm", "mp3", "flac", "ogg", "opus"] = "wav"
 
 
 def parse_input(model: type[BaseModel], raw: Any) -> Any:

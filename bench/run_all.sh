@@ -72,6 +72,12 @@ section() { # title command...: runs a part, records its failure, keeps going
   section "Prompt cache (bench/prompt_cache_bench.py)" "$REPO/.venv/bin/python" "$HERE/prompt_cache_bench.py" $CACHE_ARGS
   # /v1/responses with store: true vs /v1/chat/completions on the mock upstream at c=64 (issue 10)
   section "Responses vs chat (bench/responses_bench.py)" "$REPO/.venv/bin/python" "$HERE/responses_bench.py"
+  # job queue throughput, trivial jobs: SQLite and PostgreSQL, 1 and 4 workers, vs pgqueuer (issue 12);
+  # pgqueuer is the `bench` extra, installed here on first use
+  "$REPO/.venv/bin/python" -c "import pgqueuer" 2>/dev/null \
+    || (cd "$REPO" && "$REPO/.venv/bin/pip" install -q -e ".[bench]" >&2)
+  section "Job queue (bench/jobs_bench.py)" "$REPO/.venv/bin/python" "$HERE/jobs_bench.py" \
+    --jobs "$([ "${BENCH_QUICK:-0}" != 0 ] && echo 1000 || echo 5000)"
   section "Speech (bench/speech_rtf.py)" "$REPO/.venv/bin/python" "$HERE/speech_rtf.py" \
     --runs "$([ "${BENCH_QUICK:-0}" != 0 ] && echo 1 || echo 3)"
   # the time POST /v1/images/generations adds over the same diffusers pipeline called directly

@@ -6,6 +6,8 @@
 # Usage: bash bench/run_all.sh        (what `make bench` runs)
 # Env:   BENCH_DURATION (default 6), BENCH_QUICK=1 for a fast smoke run, BENCH_LLAMA_ARGS (arguments
 #        for llama_bench.py; default none, "--runs 1 --tokens 32" with BENCH_QUICK=1),
+#        BENCH_MULTITURN_ARGS (arguments for multiturn_bench.py; default none, fewer conversations
+#        and turns with BENCH_QUICK=1),
 #        BENCH_SKIP_LLAMA_SERVER=1 (no llama-server baseline: not built, its rows skipped), and the
 #        variables documented in gateway_bench.sh, asgi_servers.sh and build_llama_server.sh.
 # llama_bench.py's baseline, llama.cpp's own llama-server, is built once by build_llama_server.sh
@@ -21,6 +23,7 @@ FAILED=()
 # llama_bench.py arguments: fewer, shorter runs in a smoke run
 LLAMA_ARGS=${BENCH_LLAMA_ARGS-$([ "${BENCH_QUICK:-0}" != 0 ] && echo "--runs 1 --tokens 32")}
 CACHE_ARGS=${BENCH_CACHE_ARGS-$([ "${BENCH_QUICK:-0}" != 0 ] && echo "--runs 1")}
+MULTITURN_ARGS=${BENCH_MULTITURN_ARGS-$([ "${BENCH_QUICK:-0}" != 0 ] && echo "--conversations 8 --turns 3")}
 
 section() { # title command...: runs a part, records its failure, keeps going
   local title=$1 rc; shift
@@ -70,6 +73,10 @@ section() { # title command...: runs a part, records its failure, keeps going
   fi
   # shellcheck disable=SC2086 # BENCH_CACHE_ARGS is a word list on purpose
   section "Prompt cache (bench/prompt_cache_bench.py)" "$REPO/.venv/bin/python" "$HERE/prompt_cache_bench.py" $CACHE_ARGS
+  # 32 conversations x 4 turns on 4 slots: TTFT per turn, infergate vs llama-server --cache-ram
+  # shellcheck disable=SC2086 # BENCH_MULTITURN_ARGS is a word list on purpose
+  section "Multi-turn prefix reuse (bench/multiturn_bench.py)" "$REPO/.venv/bin/python" \
+    "$HERE/multiturn_bench.py" $MULTITURN_ARGS
   # /v1/responses with store: true vs /v1/chat/completions on the mock upstream at c=64 (issue 10)
   section "Responses vs chat (bench/responses_bench.py)" "$REPO/.venv/bin/python" "$HERE/responses_bench.py"
   # job queue throughput, trivial jobs: SQLite and PostgreSQL, 1 and 4 workers, vs pgqueuer (issue 12);

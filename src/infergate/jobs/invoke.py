@@ -23,7 +23,7 @@ from typing import Any
 from infergate.catalog import ModelSpec
 from infergate.engines.audio_format import COMPRESSED, FORMATS
 from infergate.engines.base import Engine, ImageEngine, RequestContext, SpeechEngine, SpeechRequest
-from infergate.errors import InvalidRequest, NotFound, Unavailable
+from infergate.errors import InvalidRequest, NotFound, RateLimited, Unavailable
 from infergate.jobs.queue import Job, RetryLater
 from infergate.jobs.worker import register_handler
 from infergate.metering import Charge
@@ -33,6 +33,7 @@ log = logging.getLogger("infergate.jobs")
 KIND = "async-invoke"
 ENDPOINT = "async-invoke"
 UNAVAILABLE_RETRY_SECONDS = 5.0  # a model still loading: try again after this
+RATE_LIMITED_RETRY_SECONDS = 10.0  # a key over its limits, when the refusal names no Retry-After
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,11 @@ async def run_invoke(job: Job, platform: Any) -> Any:
     except Unavailable as exc:
         raise RetryLater(exc.message, UNAVAILABLE_RETRY_SECONDS) from None
     params = kind.parse(spec, job.payload.get("input", {}))
-    return await kind.run(job, spec, engine, params, platform)
+    try:
+        return await kind.run(job, spec, engine, params, platform)
+    except RateLimited as exc:  # the key's limits refused it for now: later, within the attempts
+        delay = float(exc.headers.get("Retry-After", RATE_LIMITED_RETRY_SECONDS))
+        raise RetryLater(exc.message, max(delay, 1.0)) from None
 
 
 def _charge(job: Job, spec: ModelSpec) -> Charge:

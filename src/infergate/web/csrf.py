@@ -24,8 +24,9 @@ def same_origin(request: Request) -> bool:
     origin = request.headers.get("origin")
     if origin is None or origin == "null":
         return origin is None  # "null" (sandboxed frames, some redirects) is never ours
-    host = request.headers.get("host", "")
-    return origin.split("://", 1)[-1] == host
+    # behind a proxy that rewrites Host, the browser's host is the forwarded one
+    hosts = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", "")} - {""}
+    return origin.split("://", 1)[-1] in hosts
 
 
 def token_ok(expected: str | None, request: Request, form: dict[str, str]) -> bool:

@@ -14,6 +14,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from infergate.errors import NotFound
 from infergate.web import loopback
 from infergate.web.data import key_rows
 from infergate.web.guard import Ctx, panel_action, panel_page
@@ -47,8 +48,12 @@ async def _render_keys(
 
 
 async def _key(request: Request, ctx: Ctx, uuid: str) -> dict[str, Any] | None:
-    rows = await asyncio.to_thread(key_rows, ctx.platform)
-    return next((r for r in rows if r["uuid"] == uuid), None)
+    """The live key named in the path (only what the forms show: no spend, no secret)."""
+    try:
+        record = await asyncio.to_thread(ctx.platform.keys.get, uuid[:64])
+    except NotFound:
+        return None
+    return {"uuid": record.uuid, "name": record.name}
 
 
 async def keys_page(request: Request, ctx: Ctx) -> Response:

@@ -17,6 +17,7 @@ from openai.types.responses import Response
 
 from tests.conftest import upstream_catalog
 from tests.support.ledger import rows_where
+from tests.support.pg_database import pg_url_fixture  # noqa: F401 - the pg_url fixture
 from tests.support.server import INFERGATE, ServerProcess
 from tests.support.upstream import StandInUpstream
 
@@ -213,3 +214,42 @@ def test_a_job_the_queue_gives_up_on_fails_its_response(upstream: StandInUpstrea
         assert failed.error is not None and "abandoned" in failed.error.message
     finally:
         server.stop()
+
+
+def test_background_across_two_servers_on_postgres(
+    pg_url: str, upstream: StandInUpstream, tmp_path: Path
+) -> None:
+    """Queued on a server without a worker, run by another one sharing PostgreSQL: polled, streamed
+    and cancelled through the first."""
+    catalog = upstream_catalog(upstream.base_url)
+    front = ServerProcess(
+        tmp_path / "front", catalog, env={"INFERGATE_DATABASE_URL": pg_url, "INFERGATE_WORKER": "0"}
+    ).start()
+    back = ServerProcess(tmp_path / "back", catalog, env={"INFERGATE_DATABASE_URL": pg_url}).start()
+    try:
+        key = front.create_key("bg-pg")["secret_key"]
+        client = openai.OpenAI(base_url=f"{front.url}/v1/", api_key=key, max_retries=0)
+        quick = client.responses.create(model="standin", input="Quick one.", background=True)
+        done = wait_for(
+            lambda: (r := client.responses.retrieve(quick.id)).status == "completed" and r, "the other server"
+        )
+        assert done.output_text == "Paris is the capital of France."
+        seen: list[Any] = []
+        with client.responses.create(
+            model="standin-slowstream", input="Stream from elsewhere.", background=True, stream=True
+        ) as stream:
+            for event in stream:  # events written by the other server, read from the database
+                seen.append(event)
+                if sum(e.type == "response.output_text.delta" for e in seen) >= 2:
+                    break
+        response_id = seen[0].response.id
+        assert client.responses.cancel(response_id).status == "cancelled"
+        with client.responses.retrieve(
+            response_id, stream=True, starting_after=seen[-1].sequence_number
+        ) as s:
+            rest = list(s)  # ends: the response is over
+        assert all(e.sequence_number > seen[-1].sequence_number for e in rest)
+        assert client.responses.retrieve(response_id).status == "cancelled"
+    finally:
+        front.stop()
+        back.stop()

@@ -6,23 +6,20 @@ from __future__ import annotations
 
 import sqlite3
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
-import psycopg
 import pytest
 from openai.types.responses import Response, ResponseItem
 from pydantic import TypeAdapter
 
 from tests.conftest import upstream_catalog
+from tests.support.pg_database import pg_url_fixture  # noqa: F401 - the pg_url fixture
 from tests.support.server import ServerProcess
 from tests.support.upstream import StandInUpstream
 
 ITEM = TypeAdapter(ResponseItem)
-PG_ADMIN = "postgresql://127.0.0.1:5432/test"
 
 
 def strict(response: Response) -> Response:
@@ -136,21 +133,6 @@ def test_previous_response_id_across_a_restart(
     client.responses.create(model="standin", input="Which word? after-restart", previous_response_id=first.id)
     sent = messages_sent(upstream, "after-restart")
     assert "heliotrope" in str(sent[0]["content"]) and sent[1]["role"] == "assistant"
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError:
-        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (database 'test')")
-    name = f"infergate_resp_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://{admin.info.user}@127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def test_two_servers_share_responses_on_postgres(

@@ -97,6 +97,19 @@ def test_json_schema_format_is_enforced(client: openai.OpenAI) -> None:
     assert resp.text.format.type == "json_schema"
 
 
+def test_unusable_schema_is_a_400_naming_text_format(client: openai.OpenAI) -> None:
+    bad = {"type": "object", "properties": {"a": {"type": "no-such-type"}}}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(
+            model=MODEL,
+            input="hi",
+            max_output_tokens=5,
+            text={"format": {"type": "json_schema", "name": "x", "schema": bad}},
+            store=False,
+        )
+    assert err.value.body["param"] == "text.format.schema"
+
+
 def test_json_object_format_is_enforced(client: openai.OpenAI) -> None:
     resp = client.responses.create(
         model=MODEL,

@@ -186,6 +186,7 @@ async def _run_chat(
             except InvalidRequest as exc:
                 if step == 1 and exc.code == "context_length_exceeded":
                     raise _context_error(exc, params) from None
+                exc.param = _responses_param(exc.param)  # the engine names chat's fields
                 raise
             for event in out.finish():
                 yield event
@@ -306,6 +307,19 @@ def _chat_request(
         body=body,
         context=RequestContext(request_id=request_id, key_uuid=key_uuid, usage=usage),
     )
+
+
+# Chat request fields (as an engine names them in a 400) -> the Responses request's fields.
+CHAT_PARAMS = {"response_format": "text.format", "messages": "input", "max_tokens": "max_output_tokens"}
+
+
+def _responses_param(param: str | None) -> str | None:
+    if not param:
+        return param
+    head, _, rest = param.partition(".")
+    if head == "response_format":
+        return "text.format.schema" if rest.startswith("json_schema") else "text.format"
+    return CHAT_PARAMS.get(head, param)
 
 
 def _context_error(exc: InvalidRequest, params: ResponsesRequest) -> InvalidRequest:

@@ -9,6 +9,7 @@
 #        BENCH_CONCURRENCY   non-streaming concurrencies (default "1 8 64")
 #        BENCH_STREAM_CONCURRENCY  streaming concurrencies (default "8"; empty to skip)
 #        BENCH_QUICK=1       smoke run: short runs, LiteLLM skipped unless BENCH_LITELLM=1
+#        BENCH_SKIP_LIMITS=1 (no infergate-limits / infergate-limits-redis rows: limits_bench.sh),
 #        BENCH_SKIP_LITELLM=1, BENCH_SKIP_INFERGATE=1, BENCH_SKIP_ROUTER=1 (no infergate-router rows:
 #        infergate with INFERGATE_FAST_ROUTES=0, i.e. every route through FastAPI's router)
 #        BENCH_LITELLM_VENV  (default /tmp/bench-venv; `litellm[proxy]` is pip-installed there on first use)
@@ -299,6 +300,19 @@ if mode == "gateway":
         ok = added <= 1.0
         missed += not ok
         print(f"- infergate added p50 at c=1: **{added:.3f} ms** (target <= 1 ms: {'PASS' if ok else 'MISS'})")
+    for target in ("infergate-limits", "infergate-limits-redis"):  # bench/limits_bench.sh
+        r1, r64 = rows.get((target, "chat", 1)), rows.get((target, "chat", 64))
+        if i1 and r1 and r1["rps"]:
+            extra = r1["p50_ms"] - i1["p50_ms"]
+            ok = extra <= 0.2
+            missed += not ok
+            print(f"- {target}: p50 at c=1 minus infergate's without limits: **{extra:+.3f} ms** "
+                  f"(target <= 0.2 ms: {'PASS' if ok else 'MISS'})")
+        lr = rps("litellm", "chat", 64)
+        if r64 and r64["rps"] and lr:
+            ok = r64["rps"] / lr >= 20
+            missed += not ok
+            print(f"- {target}/LiteLLM req/s at c=64: **{r64['rps'] / lr:.1f}x** (target >= 20x: {'PASS' if ok else 'MISS'})")
 else:
     for scen, c in sorted({(s, c) for (_, s, c) in rows}):
         g, u = rps("granian", scen, c), rps("uvicorn", scen, c)
@@ -387,6 +401,12 @@ YAML
       fi
       ig_log_tail router
       stop_tree "$IG_PID"
+    fi
+    # With limits on the bench key (a budget and an rpm limit), in-process and on Redis (issue 11)
+    if [ -z "${BENCH_SKIP_LIMITS:-}" ]; then
+      # shellcheck source=limits_bench.sh disable=SC1091
+      declare -F limits_targets >/dev/null || . "$BENCH_HERE/limits_bench.sh"
+      limits_targets "$concs"
     fi
   fi
 

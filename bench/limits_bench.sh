@@ -13,8 +13,10 @@
 #        BENCH_LIMITS_CONCURRENCY (default "1 64").
 # Targets: >= 20x LiteLLM's req/s at c=64 with limits on; <= 0.2 ms more added p50 at c=1 than without.
 set -u
+# gateway_bench.sh sources this file for limits_targets (its rows "infergate-limits*"); run alone,
+# this file sources gateway_bench.sh for the helpers.
 # shellcheck source=gateway_bench.sh disable=SC1091
-. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/gateway_bench.sh"
+declare -F bench_init >/dev/null || . "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/gateway_bench.sh"
 
 start_litellm_c64() { # measures LiteLLM at c=64 when its venv is there (installed on first use)
   local lvenv=${BENCH_LITELLM_VENV:-/tmp/bench-venv} mk lport lpid
@@ -56,29 +58,12 @@ check_limited() { # label url: one request must carry the key's x-ratelimit-* he
     || note "$1: the answer has no x-ratelimit-limit-requests header: limits were not on"
 }
 
-limits_main() {
-  IG_REPO=$(cd "${1:-$BENCH_HERE/..}" && pwd)
-  bench_init
-  local concs=${BENCH_LIMITS_CONCURRENCY:-"1 64"} chat="$BENCH_HERE/chat.lua" port url uuid rport rpid
-  LL_VERSION=""
-  start_mock
-  measure direct chat "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" none "$MOCK_PID" "$chat" "$concs"
-  local skip_ll=${BENCH_SKIP_LITELLM:-}
-  [ "${BENCH_QUICK:-0}" != 0 ] && [ -z "${BENCH_LITELLM:-}" ] && skip_ll=1
-  [ -z "$skip_ll" ] && start_litellm_c64
-
-  infergate_setup || return 1
-  port=$(free_port); url="http://127.0.0.1:$port/v1/chat/completions"
-  if infergate_start plain "$port"; then
-    sample infergate "$url" "$IG_KEY"
-    measure infergate chat "$url" "$IG_KEY" "$IG_PID" "$chat" "$concs"
-  fi
-  ig_log_tail plain
-  stop_tree "$IG_PID"
-
+limits_targets() { # "concurrencies": infergate-limits and infergate-limits-redis rows; needs the mock and
+  # infergate_setup (IG, IG_KEY). The bench key gets its limits here and loses them at the end.
+  local concs=$1 chat="$BENCH_HERE/chat.lua" port url uuid rport rpid
   uuid=$("$IG" keys list --json | python3 -c 'import json,sys; print([k["uuid"] for k in json.load(sys.stdin) if k["name"] == "bench"][0])')
   "$IG" keys limits "$uuid" --rpm 100000000 --budget 1000000 > "$WORK/limits.json" \
-    || { note "infergate keys limits failed"; return 1; }
+    || { note "infergate keys limits failed"; return 0; }
 
   port=$(free_port); url="http://127.0.0.1:$port/v1/chat/completions"
   if infergate_start limits "$port"; then
@@ -106,10 +91,35 @@ limits_main() {
   stop_tree "$IG_PID"
   stop_tree "$rpid"
 
+  "$IG" keys limits "$uuid" --clear > /dev/null
+}
+
+limits_main() {
+  IG_REPO=$(cd "${1:-$BENCH_HERE/..}" && pwd)
+  bench_init
+  local concs=${BENCH_LIMITS_CONCURRENCY:-"1 64"} chat="$BENCH_HERE/chat.lua" port url
+  LL_VERSION=""
+  start_mock
+  measure direct chat "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" none "$MOCK_PID" "$chat" "$concs"
+  local skip_ll=${BENCH_SKIP_LITELLM:-}
+  [ "${BENCH_QUICK:-0}" != 0 ] && [ -z "${BENCH_LITELLM:-}" ] && skip_ll=1
+  [ -z "$skip_ll" ] && start_litellm_c64
+
+  infergate_setup || return 1
+  port=$(free_port); url="http://127.0.0.1:$port/v1/chat/completions"
+  if infergate_start plain "$port"; then
+    sample infergate "$url" "$IG_KEY"
+    measure infergate chat "$url" "$IG_KEY" "$IG_PID" "$chat" "$concs"
+  fi
+  ig_log_tail plain
+  stop_tree "$IG_PID"
+
+  limits_targets "$concs"
+
   echo "Key limits, $(date -u '+%Y-%m-%d %H:%M UTC'), ${DUR}s per run (+${WARM}s warmup), $(nproc) cores;"
   echo "wrk + mock (+ redis-server) on core 0, \`infergate serve --workers 1\` on core 1. infergate"
-  echo "$(git -C "$IG_REPO" rev-parse --short HEAD 2>/dev/null); LiteLLM ${LL_VERSION:-(skipped)}. Bench key limits:"
-  echo "\`$(tr -d '\n' < "$WORK/limits.json" | cut -c1-200)\` (after the runs the ledger holds the spend)."
+  echo "$(git -C "$IG_REPO" rev-parse --short HEAD 2>/dev/null); LiteLLM ${LL_VERSION:-(skipped)}. Limits of the bench key:"
+  echo "\`$(python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["limits"]))' "$WORK/limits.json" 2>/dev/null)\`."
   echo
   report limits
   python3 - "$WORK/results" <<'PY'

@@ -85,6 +85,9 @@ section() { # title command...: runs a part, records its failure, keeps going
     || (cd "$REPO" && "$REPO/.venv/bin/pip" install -q -e ".[bench]" >&2)
   section "Job queue (bench/jobs_bench.py)" "$REPO/.venv/bin/python" "$HERE/jobs_bench.py" \
     --jobs "$([ "${BENCH_QUICK:-0}" != 0 ] && echo 1000 || echo 5000)"
+  # per-key limits: CPU of admission + settlement (the HTTP rows are in the gateway table above)
+  section "Key limits (bench/limits_micro.py)" "$REPO/.venv/bin/python" "$HERE/limits_micro.py" \
+    --requests "$([ "${BENCH_QUICK:-0}" != 0 ] && echo 2000 || echo 10000)" --concurrency 64
   section "Speech (bench/speech_rtf.py)" "$REPO/.venv/bin/python" "$HERE/speech_rtf.py" \
     --runs "$([ "${BENCH_QUICK:-0}" != 0 ] && echo 1 || echo 3)"
   # the time POST /v1/images/generations adds over the same diffusers pipeline called directly

@@ -303,3 +303,49 @@ def test_a_too_large_request_names_max_tokens(tmp_path: Path) -> None:
         await parts.limiter.close()
 
     run(scenario())
+
+
+def test_limits_repository_on_postgres() -> None:
+    """The upsert and the month's spend on PostgreSQL (127.0.0.1:5432, a database of its own)."""
+    import uuid
+
+    import psycopg
+
+    from infergate.limits.store import LimitsRepository
+
+    admin = None
+    for dsn in ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://127.0.0.1:5432/test"):
+        try:
+            admin = psycopg.connect(dsn, autocommit=True, connect_timeout=3)
+            break
+        except psycopg.OperationalError:
+            continue
+    if admin is None:
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432 (database 'test')")
+    name = f"infergate_limits_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        engine = open_database(f"postgresql+psycopg://{admin.info.user}@127.0.0.1:5432/{name}")
+        key, _ = KeyRepository(engine).create("k")
+        repo = LimitsRepository(engine)
+        repo.set(key.uuid, KeyLimits(rpm=5, monthly_budget_usd=1.25))
+        repo.set(key.uuid, KeyLimits(tpm=9, monthly_budget_usd=0.07))  # replaces the whole set
+        assert repo.get(key.uuid) == KeyLimits(tpm=9, monthly_budget_usd=0.07)
+        assert repo.all() == {key.uuid: KeyLimits(tpm=9, monthly_budget_usd=0.07)}
+        LedgerRepository(engine).insert(
+            [
+                {
+                    "request_id": "r1", "key_uuid": key.uuid, "model": "m", "endpoint": "e",
+                    "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0,
+                    "cache_write_5m_tokens": 0, "cache_write_1h_tokens": 0, "cost_nano_usd": 5 * 10**12,
+                    "status": 200, "latency_ms": 1.0, "estimated": False, "created_ms": now_ms(),
+                }
+            ]
+        )  # fmt: skip
+        assert repo.month_cost_nano(key.uuid, month_start_ms(month_of(time.time()))) == 5 * 10**12
+        repo.set(key.uuid, KeyLimits())  # no limits: no row
+        assert repo.all() == {} and repo.get(key.uuid).unlimited
+        engine.dispose()
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

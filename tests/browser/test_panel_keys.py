@@ -158,6 +158,10 @@ def test_limits_form(page: Any, panel_server: ServerProcess) -> None:
         f"{panel_server.url}/v2/gen-ai/models/api_keys/{info['uuid']}/limits", headers=panel_server.admin()
     ).json()
     assert api["limits"] == {"rpm": 7, "tpm": None, "max_concurrency": 2, "monthly_budget_usd": 1.5}
+    assert (
+        _key_row(page, "limited").locator("td").nth(4).inner_text()
+        == "7 requests/min · 2 at once · $1.50 a month"
+    )
     # A bad number is refused with the field named, nothing saved.
     _open_menu_item(page, "limited", "Limits")
     assert page.get_by_label("Requests per minute").input_value() == "7"

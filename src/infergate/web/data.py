@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from infergate.catalog import ModelSpec
+from infergate.limits.store import LimitsRepository
 from infergate.platform import Platform
 from infergate.reports import build_report
 from infergate.storage.db import usage_records
@@ -54,6 +55,7 @@ def key_rows(platform: Platform) -> list[dict[str, Any]]:
         for row in build_report(platform.ledger_repo, month_start().isoformat(), None, "key")["usage"]
     }
     used = last_used(platform, [k.uuid for k in keys])
+    limits = LimitsRepository(platform.db).all()  # one row per limited key
     return [
         {
             "uuid": k.uuid,
@@ -63,9 +65,23 @@ def key_rows(platform: Platform) -> list[dict[str, Any]]:
             "created_by": k.created_by,
             "last_used_ms": used.get(k.uuid),
             "month_cost_usd": spend.get(k.uuid, 0.0),
+            "limits": _limits_text(limits.get(k.uuid)),
         }
         for k in keys
     ]
+
+
+def _limits_text(limits: Any) -> str:
+    """A key's limits in a few words ("60 rpm · $5.00 a month"); "none" when it has none."""
+    if limits is None:
+        return "none"
+    parts = [
+        f"{limits.rpm} requests/min" if limits.rpm is not None else "",
+        f"{limits.tpm} tokens/min" if limits.tpm is not None else "",
+        f"{limits.max_concurrency} at once" if limits.max_concurrency is not None else "",
+        f"${limits.monthly_budget_usd:,.2f} a month" if limits.monthly_budget_usd is not None else "",
+    ]
+    return " · ".join(p for p in parts if p) or "none"
 
 
 def _local_load(engine: Any) -> dict[str, Any] | None:

@@ -105,6 +105,25 @@ def test_calls_batched_with_an_unloaded_script_run_once(redis_server: RedisServe
     run(scenario())
 
 
+def test_a_client_gone_during_admission_gets_its_reservation_given_back(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        limiter = RedisLimiter(redis_server.url)
+        limits = KeyLimits(max_concurrency=1, monthly_budget_usd=10e-9)
+        await limiter.seed_spend("k", MONTH, 0)
+        admission = asyncio.create_task(limiter.try_admit("k", "gone", limits, Need(10, 0), MONTH))
+        await asyncio.sleep(0)  # one turn of the loop: the call is queued, its pipeline not sent yet
+        admission.cancel()  # the client left; Redis still runs the script and reserves
+        with pytest.raises(asyncio.CancelledError):
+            await admission
+        deadline = time.monotonic() + 10
+        while (await limiter.try_admit("k", "next", limits, Need(10, 0), MONTH))[1] is None:
+            assert time.monotonic() < deadline, "the reservation of the gone client was never given back"
+        assert await limiter.reserved_nano("k") == 10  # only "next" holds one
+        await limiter.close()
+
+    run(scenario())
+
+
 def test_a_lease_not_renewed_frees_its_slot_and_reservation(redis_server: RedisServer) -> None:
     async def scenario() -> None:
         # as if the process holding the request died: nobody renews or settles it

@@ -132,6 +132,9 @@ def test_speech_lifecycle_through_an_alias(server: ServerProcess) -> None:
     with wave.open(io.BytesIO(fetched.content)) as wav:  # a finished file: real sizes in the header
         assert wav.getnframes() * 2 == audio["file_size"] - 44 and wav.getnframes() > 8000
 
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'infergate_jobs_finished_total{kind="async-invoke",status="COMPLETED"}' in metrics
+
     row = ledger_row(server, job["request_id"])  # billed once, per input character, under the job id
     assert row["model"] == "espeak-tts" and row["endpoint"] == "async-invoke" and row["status"] == 200
     assert row["input_tokens"] == len(TEXT) and row["cost_nano_usd"] == len(TEXT) * 15_000

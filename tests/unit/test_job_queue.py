@@ -270,3 +270,19 @@ def test_sqlite_file_shared_by_two_engines(tmp_path: Path) -> None:
             break
         got.extend(j.id for j in batch)
     assert len(got) == 100 == len(set(got))
+
+
+def test_purge_deletes_only_finished_jobs_past_the_retention(queue: JobQueue) -> None:
+    q = JobQueue(queue.engine, QueueSettings(retention_days=1e-9))  # ~86 microseconds
+    done = q.submit_now("t", {}, "k", tags=[{"key": "a", "value": "b"}], webhook_url="http://127.0.0.1:9/h")
+    active = q.submit_now("t", {}, "k")
+    [claimed] = q.claim(["t"], 1)
+    assert claimed.id == done.id
+    q.complete(claimed, {})
+    q.record_delivery(done.id, 1, 200, None, 1.0, "delivered")
+    poll(lambda: q.purge() >= 1)
+    assert q.get_now(done.id) is None and q.deliveries(done.id) == []
+    assert q.get_now(active.id) is not None  # queued: never purged
+    assert JobQueue(queue.engine, QueueSettings(retention_days=0)).purge() == 0  # 0: kept forever
+    with queue.engine.connect() as conn:
+        assert conn.execute(select(job_tags.c.job_id).where(job_tags.c.job_id == done.id)).all() == []

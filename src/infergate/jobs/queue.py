@@ -117,6 +117,7 @@ FINISH_MANY = text(
 @dataclass(frozen=True)
 class QueueSettings:
     lease_seconds: float = 30.0  # a worker renews its leases every third of this
+    retention_days: float = 30.0  # finished jobs (and their tags, delivery logs) kept this long; 0: forever
     max_attempts: int = 3  # claims of one job before it is FAILED (its workers kept dying)
     webhook_attempts: int = 8  # deliveries of one notification (1 s, 2 s, 4 s ... apart)
 
@@ -126,6 +127,7 @@ class QueueSettings:
             lease_seconds=float_env("INFERGATE_JOB_LEASE_SECONDS", 30.0, minimum=0.5),
             max_attempts=int_env("INFERGATE_JOB_MAX_ATTEMPTS", 3, minimum=1),
             webhook_attempts=int_env("INFERGATE_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1),
+            retention_days=float_env("INFERGATE_JOB_RETENTION_DAYS", 30.0, minimum=0.0),
         )
 
 
@@ -417,6 +419,24 @@ class JobQueue:
                 return conn.execute(stmt).rowcount == 1
 
         return await asyncio.to_thread(write)
+
+    def purge(self, limit: int = 1000) -> int:
+        """Delete up to `limit` jobs finished before the retention, with their tags and delivery logs."""
+        if not self.settings.retention_days:
+            return 0
+        cutoff = now_us() - int(self.settings.retention_days * 86_400e6)
+        old = (
+            select(jobs.c.id)
+            .where(jobs.c.status.in_((COMPLETED, FAILED, CANCELLED)), jobs.c.completed_us < cutoff)
+            .limit(limit)
+        )
+        with self.engine.begin() as conn:
+            ids = list(conn.execute(old).scalars())
+            if ids:
+                conn.execute(job_tags.delete().where(job_tags.c.job_id.in_(ids)))
+                conn.execute(job_deliveries.delete().where(job_deliveries.c.job_id.in_(ids)))
+                conn.execute(jobs.delete().where(jobs.c.id.in_(ids)))
+        return len(ids)
 
     def next_due_us(self, kinds: Sequence[str]) -> int | None:
         """When the earliest job of these kinds becomes claimable (None: no active job)."""

@@ -37,6 +37,7 @@ jobs = Table(
     Column("updated_us", BigInteger, nullable=False),
     Index("ix_jobs_due", "due_us", postgresql_where=ACTIVE, sqlite_where=ACTIVE),
     Index("ix_jobs_key_created", "key_uuid", "kind", "created_us"),
+    Index("ix_jobs_completed", "completed_us"),
 )
 
 job_tags = Table(

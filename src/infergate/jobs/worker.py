@@ -20,20 +20,39 @@ import contextlib
 import importlib
 import logging
 import os
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter, Histogram
+
 from infergate.config import bool_env, int_env
 from infergate.errors import InfergateError
 from infergate.jobs.queue import COMPLETED, FAILED, RELEASE, RETRY, Job, JobQueue, Outcome, RetryLater
+from infergate.observability import REGISTRY
 
 log = logging.getLogger("infergate.jobs")
 Handler = Callable[[Job, Any], Awaitable[Any]]
 # Modules that register job kinds when imported: every worker imports them.
 HANDLER_MODULES = ("infergate.jobs.invoke", "infergate.jobs.fal_invoke", "infergate.jobs.webhooks")
 _handlers: dict[str, Handler] = {}
+PURGE_EVERY = 3600.0  # seconds between retention sweeps
+PURGE_BATCH = 1000
+JOBS_FINISHED = Counter(
+    "infergate_jobs_finished_total",
+    "Jobs that ended, by kind and outcome",
+    ["kind", "status"],
+    registry=REGISTRY,
+)
+JOB_SECONDS = Histogram(
+    "infergate_job_seconds",
+    "Time a job's handler ran",
+    ["kind"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800),
+    registry=REGISTRY,
+)
 
 
 def register_handler(kind: str, handler: Handler) -> None:
@@ -89,7 +108,11 @@ class Worker:
     def start(self) -> None:
         self.queue.on_submit.append(self._on_submit)
         self.queue.on_cancel.append(self._on_cancel)
-        self._tasks = [asyncio.create_task(self._claim_loop()), asyncio.create_task(self._watch_loop())]
+        self._tasks = [
+            asyncio.create_task(self._claim_loop()),
+            asyncio.create_task(self._watch_loop()),
+            asyncio.create_task(self._purge_loop()),
+        ]
         log.info(
             "%s started: kinds %s, concurrency %d",
             self.name,
@@ -156,6 +179,16 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
 
+    async def _purge_loop(self) -> None:
+        """Finished jobs past INFERGATE_JOB_RETENTION_DAYS are deleted, a batch at a time, hourly."""
+        while True:
+            await asyncio.sleep(PURGE_EVERY)
+            try:
+                while await asyncio.to_thread(self.queue.purge) == PURGE_BATCH:
+                    pass
+            except Exception as exc:
+                log.warning("%s: job retention sweep failed (%s)", self.name, _short(exc))
+
     async def _watch_loop(self) -> None:
         """Leases renewed every third of the lease; cancels and take-overs noticed every poll."""
         beat_every = self.queue.settings.lease_seconds / 3
@@ -182,8 +215,11 @@ class Worker:
     # -- one job ----------------------------------------------------------------------------------
     async def _run(self, job: Job) -> None:
         self._busy += 1
+        started = time.perf_counter()
         try:
             outcome = await self._outcome(job)
+            JOB_SECONDS.labels(job.kind).observe(time.perf_counter() - started)
+            JOBS_FINISHED.labels(job.kind, outcome.status).inc()
         finally:
             # the slot is free once the handler is done: the next claim overlaps this write
             self._busy -= 1

@@ -40,6 +40,7 @@ def upgrade() -> None:
     # claimable jobs (queued and due, or running with an expired lease) in one range scan
     op.create_index("ix_jobs_due", "jobs", ["due_us"], postgresql_where=ACTIVE, sqlite_where=ACTIVE)
     op.create_index("ix_jobs_key_created", "jobs", ["key_uuid", "kind", "created_us"])
+    op.create_index("ix_jobs_completed", "jobs", ["completed_us"])  # the retention sweep
     op.create_table(
         "job_tags",
         sa.Column("job_id", sa.String(64), primary_key=True),

@@ -167,7 +167,7 @@ def test_limits_form(page: Any, panel_server: ServerProcess) -> None:
     assert page.get_by_label("Requests per minute").input_value() == "7"
     page.get_by_label("Requests per minute").fill("lots")
     page.get_by_role("button", name="Save limits").click()
-    assert "rpm" in page.get_by_role("alert").inner_text()
+    assert "Requests per minute: enter a whole number" in page.get_by_role("alert").inner_text()
     screenshot(page, "key-limits-error")
 
 

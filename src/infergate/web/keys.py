@@ -24,6 +24,12 @@ from infergate.web.render import redirect
 router = APIRouter()
 KEYS_API = "/v2/gen-ai/models/api_keys"
 LIMIT_FIELDS = ("rpm", "tpm", "max_concurrency", "monthly_budget_usd")
+LIMIT_LABELS = {
+    "rpm": "Requests per minute",
+    "tpm": "Tokens per minute",
+    "max_concurrency": "Concurrent requests",
+    "monthly_budget_usd": "Monthly budget (USD)",
+}
 
 
 async def _render_keys(
@@ -149,9 +155,8 @@ def _number(name: str, text: str) -> int | float | None:
     try:
         return float(text) if name == "monthly_budget_usd" else int(text)
     except ValueError:
-        raise ValueError(
-            f"{name.replace('_', ' ')}: enter a number, or leave it empty for no limit"
-        ) from None
+        kind = "an amount in USD" if name == "monthly_budget_usd" else "a whole number"
+        raise ValueError(f"{LIMIT_LABELS[name]}: enter {kind}, or leave it empty for no limit") from None
 
 
 async def _save_limits(request: Request, ctx: Ctx, key: dict[str, Any]) -> Response:

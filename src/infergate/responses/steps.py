@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 from infergate.catalog import ModelSpec
-from infergate.metering import Meter, _consumed
+from infergate.metering import Meter
 from infergate.schemas.responses import ResponsesRequest
 from infergate.tokens import chat_framing_tokens, count_tokens
 from infergate.usage import Usage
@@ -26,6 +26,10 @@ USAGE_FIELDS = (
 )
 # Counting a larger text happens in a thread (keeps the event loop free).
 INLINE_CHARS = 16_384
+
+
+def _consumed(usage: Usage) -> bool:
+    return any(getattr(usage, name) for name in USAGE_FIELDS)
 
 
 def _add(into: Usage, other: Usage) -> None:

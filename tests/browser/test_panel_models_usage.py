@@ -175,3 +175,9 @@ def test_usage_page_rejects_a_bad_range(page: Any) -> None:
     assert "start date must not be after" in page.get_by_role("alert").inner_text()
     response = page.goto("/panel/usage?start=yesterday")
     assert response.status == 400
+    response = page.goto("/panel/usage?start=1969-12-31&end=2026-01-01")
+    assert response.status == 400 and "between 1970-01-01" in page.get_by_role("alert").inner_text()
+    response = page.goto("/panel/usage.csv?start=2026-01-01&end=9999-12-31")
+    assert response.status == 400
+    response = page.goto("/panel/usage?start=1970-01-01&end=9999-12-30")  # the widest range works
+    assert response.status == 200

@@ -35,6 +35,7 @@ CSV_COLUMNS = (
     "estimated_requests",
 )
 MAX_FILLED_DAYS = 400
+EARLIEST, LATEST = date(1970, 1, 1), date(9999, 12, 30)
 
 
 def _range(request: Request) -> tuple[date, date]:
@@ -49,6 +50,8 @@ def _range(request: Request) -> tuple[date, date]:
         raise InvalidRequest("Dates must be written YYYY-MM-DD.", param="start") from None
     if start > end:
         raise InvalidRequest("The start date must not be after the end date.", param="start")
+    if start < EARLIEST or end > LATEST:  # what the ledger's epoch-millisecond times can name
+        raise InvalidRequest(f"Dates must be between {EARLIEST} and {LATEST}.", param="start")
     return start, end
 
 

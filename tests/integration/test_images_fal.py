@@ -174,7 +174,7 @@ def test_a_cancelled_job_stops_the_pipeline(engine: DiffusersImageEngine, tmp_pa
         task = asyncio.ensure_future(run_fal_image_job(engine, params, context, store(tmp_path)))
         deadline = time.monotonic() + 10
         await asyncio.sleep(0)  # the task submits its call to the engine's thread...
-        while engine._executor._work_queue.qsize() and time.monotonic() < deadline:  # ...which takes it
+        while engine._thread.queue.qsize() and time.monotonic() < deadline:  # ...which takes it
             await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -12,28 +12,67 @@ left stops at the next denoising step.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import importlib.util
 import inspect
+import logging
+import queue
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-try:
-    import diffusers
-    import torch
-except ImportError as exc:  # the registry reports this as the model's reason it cannot serve
-    raise ImportError(
-        f"{exc.name} is not installed: image models need the images extra "
-        "(`make serve EXTRAS=images`, or `pip install 'infergate[images]'`)"
-    ) from exc
 
 from infergate.catalog import ModelSpec
 from infergate.engines.base import GeneratedImage, ImageEngine, ImageRequest, ImageResult
 from infergate.engines.image_common import encode_image, image_usage, quality_of, seeds_for
-from infergate.errors import InvalidRequest
+from infergate.errors import InvalidRequest, Unavailable
 from infergate.schemas.images import CONTENT_TYPES
+
+
+def _missing_extra(name: str) -> ImportError:
+    return ImportError(
+        f"{name} is not installed: image models need the images extra "
+        "(`make serve EXTRAS=images`, or `pip install 'infergate[images]'`)"
+    )
+
+
+# Present or not is known at once (the registry reports a missing extra as the model's reason it
+# cannot serve); importing them takes seconds, so that happens in the loading thread.
+for _package in ("torch", "diffusers"):
+    if importlib.util.find_spec(_package) is None:
+        raise _missing_extra(_package)
+
+
+log = logging.getLogger("infergate.images")
+
+
+class SerialThread:
+    """One daemon thread running submitted calls in order. Daemon: stopping the server never waits
+    for a pipeline load or call still running (a ThreadPoolExecutor's threads are joined at exit)."""
+
+    def __init__(self, name: str) -> None:
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name=name, daemon=True).start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.queue.put((future, fn, args))
+        return asyncio.wrap_future(future)  # cancelling it cancels a call not yet started
+
+    def close(self) -> None:
+        self.queue.put(None)
+
+    def _loop(self) -> None:
+        while (item := self.queue.get()) is not None:
+            future, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
 
 
 class _Cancelled(Exception):
@@ -41,8 +80,15 @@ class _Cancelled(Exception):
     the call any more, it only has to stop."""
 
 
-def load_pipeline(path: str, device: str, scheduler: str | None, threads: int | None = None) -> Any:
-    """The pipeline of a local folder; nothing is downloaded (local_files_only)."""
+def load_pipeline(path: str, device: str | None, scheduler: str | None, threads: int | None = None) -> Any:
+    """The pipeline of a local folder, on `device` (None: CUDA when present, else the CPU);
+    nothing is downloaded (local_files_only)."""
+    try:
+        import diffusers
+        import torch
+    except ImportError as exc:
+        raise _missing_extra(exc.name or "diffusers") from exc
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if threads:  # torch's CPU threads are per process: the catalog's `threads` sets them for all
         torch.set_num_threads(threads)
     dtype = torch.float16 if device == "cuda" else torch.float32
@@ -50,13 +96,13 @@ def load_pipeline(path: str, device: str, scheduler: str | None, threads: int | 
     with warnings.catch_warnings():
         # torch_dtype: renamed dtype in recent diffusers (a FutureWarning), the only name older ones know
         warnings.simplefilter("ignore", FutureWarning)
-        try:
-            pipe = diffusers.AutoPipelineForText2Image.from_pretrained(
-                path, torch_dtype=dtype, local_files_only=True
-            )
-        except ValueError:  # a pipeline class AutoPipeline does not map: load it as it declares itself
-            pipe = diffusers.DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+        # the class the folder names (light: AutoPipeline's lookup imports every pipeline family)
+        pipe = diffusers.DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+    if "Img2Img" in type(pipe).__name__ or "Inpaint" in type(pipe).__name__:
+        pipe = diffusers.AutoPipelineForText2Image.from_pipe(pipe)  # the same weights, text to image
     if scheduler:
+        if not hasattr(diffusers, scheduler):
+            raise ValueError(f"diffusers has no scheduler {scheduler!r}")
         pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
@@ -65,10 +111,10 @@ def load_pipeline(path: str, device: str, scheduler: str | None, threads: int | 
 class DiffusersImageEngine(ImageEngine):
     def __init__(self, spec: ModelSpec, data_dir: Path | None = None) -> None:
         super().__init__(spec, data_dir)
-        self.device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = spec.device or "cpu"  # until the load has looked for CUDA
         self._load: asyncio.Task[Any] | None = None
         # one thread: pipeline calls are serialized, queued requests wait their turn in order
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"diffusers-{spec.id}")
+        self._thread = SerialThread(f"diffusers-{spec.id}")
         self._params: frozenset[str] = frozenset()
 
     async def start(self) -> None:
@@ -77,20 +123,21 @@ class DiffusersImageEngine(ImageEngine):
         folder = Path(self.spec.path)
         if not (folder / "model_index.json").is_file():
             raise FileNotFoundError(f"not a diffusers pipeline folder (no model_index.json): {folder}")
-        if self.spec.scheduler and not hasattr(diffusers, self.spec.scheduler):
-            raise ValueError(f"diffusers has no scheduler {self.spec.scheduler!r}")
         self._load = asyncio.create_task(self._load_in_thread())
 
     async def _load_in_thread(self) -> Any:
-        loop = asyncio.get_running_loop()
-        pipe = await loop.run_in_executor(
-            self._executor,
-            load_pipeline,
-            str(self.spec.path),
-            self.device,
-            self.spec.scheduler,
-            self.spec.threads,
-        )
+        try:
+            pipe = await self._thread.submit(
+                load_pipeline,
+                str(self.spec.path),
+                self.spec.device,
+                self.spec.scheduler,
+                self.spec.threads,
+            )
+        except Exception as exc:
+            log.error("model %s: the pipeline failed to load: %s", self.spec.id, exc)
+            raise
+        self.device = str(pipe.device.type)
         self._params = frozenset(inspect.signature(pipe.__call__).parameters)
         return pipe
 
@@ -103,8 +150,8 @@ class DiffusersImageEngine(ImageEngine):
 
     async def close(self) -> None:
         if self._load is not None and not self._load.done():
-            await asyncio.gather(self._load, return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+            self._load.cancel()  # the loading thread is a daemon: nothing waits for it
+        self._thread.close()
 
     def check(self, request: ImageRequest) -> None:
         if request.background == "transparent":
@@ -121,16 +168,21 @@ class DiffusersImageEngine(ImageEngine):
     async def generate(self, request: ImageRequest) -> ImageResult:
         self.check(request)
         assert self._load is not None, "engine not started"
-        pipe = await asyncio.shield(self._load)  # a cancelled request must not cancel the load
+        try:
+            pipe = await asyncio.shield(self._load)  # a cancelled request must not cancel the load
+        except Exception as exc:  # a request that came while it loaded, and the load failed
+            raise Unavailable(
+                f"The model '{self.spec.id}' cannot serve: pipeline failed to load: {exc}",
+                code="model_unavailable",
+            ) from None
         if request.negative_prompt and "negative_prompt" not in self._params:
             raise InvalidRequest(
                 f"The model '{self.spec.id}' takes no negative_prompt.", param="negative_prompt"
             )
         seeds = seeds_for(request)
         cancel = threading.Event()
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        work = loop.run_in_executor(self._executor, self._run, pipe, request, seeds, cancel)
+        work = self._thread.submit(self._run, pipe, request, seeds, cancel)
         try:
             pictures, flagged = await work
         except asyncio.CancelledError:
@@ -163,6 +215,8 @@ class DiffusersImageEngine(ImageEngine):
 
     def _run(self, pipe: Any, request: ImageRequest, seeds: list[int], cancel: threading.Event) -> Any:
         """One pipeline call for all the request's images (in the engine's thread)."""
+        import torch
+
         if cancel.is_set():
             raise _Cancelled
         steps = request.steps or self.spec.steps

@@ -77,7 +77,10 @@ async def until(check: Any, seconds: float = 60.0) -> None:
 
 
 def make_engine(clock: FakeClock, data_dir: Path | None = None, **kw: Any) -> LlamaCppEngine:
-    spec = ModelSpec(id="m", backend="llama_cpp", path=GGUF, **{"n_ctx": 1024, "parallel": 2, **kw})
+    # slot handover off: a hit after evict_slots can only come from the breakpoint store here
+    # (with it, a saved slot state holds the whole prompt: see test_kv_handover.py)
+    kw = {"n_ctx": 1024, "parallel": 2, "slot_cache_mb": 0, **kw}
+    spec = ModelSpec(id="m", backend="llama_cpp", path=GGUF, **kw)
     engine = LlamaCppEngine(spec, data_dir=data_dir, clock=clock)
     asyncio.run(engine.start())
     assert engine.readiness() is None

@@ -208,3 +208,19 @@ def test_keyboard_only_create(page: Any, panel_server: ServerProcess) -> None:
     page.keyboard.type("typed-by-keyboard")
     page.keyboard.press("Enter")
     assert page.get_by_label("Secret key").input_value().startswith("sk-ig-")
+    # The "…" menu by keyboard: Enter opens it, Tab reaches its items, Escape closes it.
+    page.goto("/panel/keys")
+    menu = _key_row(page, "typed-by-keyboard").get_by_label("Actions for typed-by-keyboard")
+    menu.focus()
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.textContent") == "Rename"
+    page.keyboard.press("Escape")
+    assert page.evaluate("() => document.activeElement.getAttribute('aria-label')") == (
+        "Actions for typed-by-keyboard"
+    )
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/rename")
+    assert page.evaluate("() => document.activeElement.id") == "name"  # the field is ready to type in

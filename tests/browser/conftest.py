@@ -49,6 +49,8 @@ def new_page(browser: Any, server: ServerProcess, dark: bool = False) -> Any:
         "console",
         lambda m: page.csp_errors.append(m.text) if "Content Security Policy" in m.text else None,  # type: ignore[attr-defined]
     )
+    page.js_errors = []  # type: ignore[attr-defined]
+    page.on("pageerror", lambda exc: page.js_errors.append(str(exc)))  # type: ignore[attr-defined]
     return page
 
 
@@ -71,6 +73,7 @@ def check_page(page: Any, name: str) -> None:
     ]
     assert not bad, f"{name}: axe violations:\n" + "\n".join(bad)
     assert not page.csp_errors, f"{name}: the CSP blocked something: {page.csp_errors}"
+    assert not page.js_errors, f"{name}: uncaught script errors: {page.js_errors}"
     screenshot(page, name)
 
 

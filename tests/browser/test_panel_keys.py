@@ -50,7 +50,8 @@ def test_login_page_and_wrong_token(page: Any, panel_server: ServerProcess) -> N
 
 def test_every_page_has_a_strict_csp(page: Any, panel_server: ServerProcess) -> None:
     login(page)
-    for path in ("/", "/panel/keys", "/panel/models", "/panel/usage"):
+    assert page.goto("/panel/").url == f"{panel_server.url}/panel/keys"  # /panel leads in
+    for path in ("/", "/panel/keys", "/panel/models", "/panel/usage", "/panel/jobs", "/panel/responses"):
         response = page.goto(path)
         csp = response.headers["content-security-policy"]
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp, path

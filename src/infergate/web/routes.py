@@ -69,6 +69,12 @@ async def home(request: Request) -> Response:
     return _login_page(request)
 
 
+@router.get("/panel")
+@router.get("/panel/")
+async def panel_root() -> Response:
+    return redirect("/")
+
+
 @router.post("/panel/login")
 async def login(request: Request) -> Response:
     platform = request.app.state.platform

@@ -240,7 +240,9 @@ class Catalog:
 
     def __init__(self, models: list[ModelSpec]) -> None:
         self._by_id: dict[str, ModelSpec] = {m.id: m for m in models}
-        self._aliases: dict[str, ModelSpec] = {a: m for m in models for a in m.aliases if a not in self._by_id}
+        self._aliases: dict[str, ModelSpec] = {
+            a: m for m in models for a in m.aliases if a not in self._by_id
+        }
 
     def get(self, model_id: str) -> ModelSpec | None:
         """The entry with this id, or the one listing it in `aliases`."""
@@ -302,7 +304,9 @@ class Catalog:
             for alias in spec.aliases:
                 owner = alias if alias in models else names.get(alias)
                 if owner is not None:
-                    raise CatalogError(f"catalog entry '{spec.id}': field 'aliases': '{alias}' is already used by '{owner}'")
+                    raise CatalogError(
+                        f"catalog entry '{spec.id}': field 'aliases': '{alias}' is already used by '{owner}'"
+                    )
                 names[alias] = spec.id
         return cls(list(models.values()))
 

@@ -30,7 +30,17 @@ from prometheus_client import Counter, Histogram
 
 from infergate.config import bool_env, int_env
 from infergate.errors import InfergateError
-from infergate.jobs.queue import COMPLETED, FAILED, RELEASE, RETRY, Job, JobQueue, Outcome, RetryLater
+from infergate.jobs.queue import (
+    COMPLETED,
+    FAILED,
+    RELEASE,
+    RETRY,
+    Job,
+    JobQueue,
+    Outcome,
+    RetryLater,
+    now_us,
+)
 from infergate.observability import REGISTRY
 
 log = logging.getLogger("infergate.jobs")
@@ -161,23 +171,33 @@ class Worker:
 
     # -- loops -----------------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
+        idle = False  # the last claim found nothing: poll with a read before writing again
         while not self._stopping:
             free = self.settings.concurrency - self._busy
             if free <= 0:
                 self._slot.clear()
                 await self._slot.wait()
                 continue
+            woken = self._wake.is_set()
             self._wake.clear()
             try:
-                claimed = await asyncio.to_thread(self.queue.claim, self.kinds, free)
+                if idle and not woken and not await asyncio.to_thread(self._anything_due):
+                    claimed = []  # an idle poll is a read: no write lock on SQLite, no WAL traffic
+                else:
+                    claimed = await asyncio.to_thread(self.queue.claim, self.kinds, free)
             except Exception as exc:
                 log.warning("%s: claim failed (%s); retrying", self.name, _short(exc))
                 claimed = []
             for job in claimed:
                 self.running[job.id] = (job, asyncio.create_task(self._run(job)))
-            if len(claimed) < free:  # nothing more is due now: wait for a poll or a wake-up
+            idle = len(claimed) < free
+            if idle:  # nothing more is due now: wait for a poll or a wake-up
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
+
+    def _anything_due(self) -> bool:
+        due = self.queue.next_due_us(self.kinds)
+        return due is not None and due <= now_us()
 
     async def _purge_loop(self) -> None:
         """Finished jobs past INFERGATE_JOB_RETENTION_DAYS are deleted, a batch at a time, hourly."""

@@ -240,3 +240,28 @@ def test_kill_9_of_the_server_mid_job_and_billing_once(
         assert [tuple(r) for r in rows] == [(len(f"HOLD {hold} and then speak"), 200)]
     finally:
         server.stop()
+
+
+def test_cancel_through_a_server_stops_the_task_in_a_standalone_worker(
+    env: dict[str, str], tmp_path: Path, workers: Callable[..., WorkerProcess], queue: JobQueue
+) -> None:
+    own = {k: v for k, v in env.items() if k != "INFERGATE_DATA_DIR"} | {"INFERGATE_WORKER": "0"}
+    server = ServerProcess(Path(env["INFERGATE_DATA_DIR"]), env=own).start()
+    try:
+        worker = workers()
+        secret = server.create_key("cancel-remote")["secret_key"]
+        headers = {"Authorization": f"Bearer {secret}"}
+        hold = tmp_path / "hold"
+        r = httpx.post(
+            f"{server.url}/v1/async-invoke",
+            json={"model_id": "espeak-tts", "input": {"text": f"HOLD {hold}"}},
+            headers=headers,
+        )
+        job_id = r.json()["request_id"]
+        wait_for(started_by(hold, worker.pid, 1), what="the standalone worker to start the job")
+        r = httpx.post(f"{server.url}/v1/async-invoke/{job_id}/cancel", headers=headers)
+        assert r.status_code == 200 and r.json()["status"] == "CANCELLED"
+        wait_for(lambda: (hold / f"cancelled-{worker.pid}").exists(), timeout=10, what="the task cancelled")
+        assert job_now(queue, job_id).status == "CANCELLED"
+    finally:
+        server.stop()

@@ -11,6 +11,7 @@ import gradient
 import openai
 import pytest
 from openai.types.responses import Response
+from pydantic import BaseModel
 
 from infergate.catalog import packaged_smollm2_path
 from tests.support.ledger import ledger_row
@@ -95,6 +96,23 @@ def test_json_schema_format_is_enforced(client: openai.OpenAI) -> None:
     data = json.loads(resp.output_text)
     assert isinstance(data["city"], str) and isinstance(data["population"], int)
     assert resp.text.format.type == "json_schema"
+
+
+class City(BaseModel):
+    city: str
+    population: int
+
+
+def test_sdk_parse_with_a_pydantic_text_format(client: openai.OpenAI) -> None:
+    resp = client.responses.parse(
+        model=MODEL,
+        input="Give a city and its population.",
+        text_format=City,
+        max_output_tokens=60,
+        temperature=0,
+        store=False,
+    )
+    assert isinstance(resp.output_parsed, City) and resp.output_parsed.city
 
 
 def test_unusable_schema_is_a_400_naming_text_format(client: openai.OpenAI) -> None:

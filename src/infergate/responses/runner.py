@@ -19,7 +19,7 @@ from infergate.errors import InfergateError, InvalidRequest
 from infergate.http_errors import invalid_from_validation
 from infergate.metering import Charge, Meter
 from infergate.responses import translate
-from infergate.responses.events import Event, OutputBuilder, Sequencer
+from infergate.responses.events import Event, OutputBuilder, Sequencer, ToolCall
 from infergate.responses.objects import response_object, usage_object
 from infergate.responses.output import ChatOutput
 from infergate.responses.steps import Budget, fit_context, message_text
@@ -198,14 +198,8 @@ async def _run_chat(
             run.builder.finished_calls = []
             if not mcp_calls:
                 break
-            for call in mcp_calls:
-                yield run.seq.event(
-                    "response.mcp_call.in_progress", item_id=call.item["id"], output_index=call.index
-                )
-                done = await toolset.call(call.item["name"], call.item["arguments"])
-                run.tool_output_tokens += count_tokens(str(done.get("output") or ""))
-                for event in run.builder.mcp_result(call, _call_result(done)):
-                    yield event
+            async for event in _call_tools(run, toolset, mcp_calls):
+                yield event
             if any(it["type"] == "function_call" and it["status"] == "completed" for it in run.output):
                 break  # a client function call in the same turn: control goes back to the client
             if step >= max_steps:
@@ -238,6 +232,16 @@ async def _run_chat(
     final = run.response(status, usage, **extra)
     await store_response(platform, params, final, input_items, key_uuid)
     yield run.seq.event(f"response.{status}", response=final)
+
+
+async def _call_tools(run: _Run, toolset: Any, calls: list[ToolCall]) -> AsyncIterator[Event]:
+    """Run the MCP calls the model made, one after the other, each item done with its result."""
+    for call in calls:
+        yield run.seq.event("response.mcp_call.in_progress", item_id=call.item["id"], output_index=call.index)
+        done = await toolset.call(call.item["name"], call.item["arguments"])
+        run.tool_output_tokens += count_tokens(str(done.get("output") or ""))
+        for event in run.builder.mcp_result(call, _call_result(done)):
+            yield event
 
 
 async def _model_call(

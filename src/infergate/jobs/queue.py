@@ -41,57 +41,51 @@ it bills with `Charge(spec, job.id, job.key_uuid, ...)`: the ledger keeps one ro
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, func, or_, select, text, true, update
+from sqlalchemy import Connection, Engine, func, select, text, update
 from sqlalchemy import exc as sa_exc
 
-from infergate.config import float_env, int_env
 from infergate.errors import Conflict
+from infergate.jobs.model import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    IN_PROGRESS,
+    QUEUED,
+    RELEASE,
+    RETRY,
+    STATUSES,
+    WEBHOOK_KIND,
+    Job,
+    Outcome,
+    QueueSettings,
+    RetryLater,
+    now_us,
+)
+from infergate.jobs.reads import JobReads, visible
 from infergate.jobs.tables import ACTIVE, job_deliveries, job_tags, jobs
 
-QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (
-    "QUEUED",
-    "IN_PROGRESS",
+__all__ = [  # the queue's public names, importable from here
+    "CANCELLED",
     "COMPLETED",
     "FAILED",
-    "CANCELLED",
-)
-STATUSES = (QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED)
-WEBHOOK_KIND = "webhook"
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
-class RetryLater(Exception):
-    """Raised by a handler: run the job again after `delay` seconds (if attempts remain)."""
-
-    def __init__(self, reason: str, delay: float) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.delay = delay
-
-
-RETRY, RELEASE = "RETRY", "RELEASE"  # outcomes that queue the job again
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a claimed job ended: COMPLETED (output), FAILED (error), RETRY (after `delay`, unless no
-    attempt is left) or RELEASE (handed back at shutdown, the attempt not counted)."""
-
-    job: Job
-    status: str
-    output: Any = None
-    error: str | None = None
-    delay: float = 0.0
+    "IN_PROGRESS",
+    "QUEUED",
+    "RELEASE",
+    "RETRY",
+    "STATUSES",
+    "WEBHOOK_KIND",
+    "Job",
+    "JobQueue",
+    "Outcome",
+    "QueueSettings",
+    "RetryLater",
+    "now_us",
+]
 
 
 def _final(o: Outcome) -> Outcome:
@@ -114,74 +108,7 @@ FINISH_MANY = text(
 )
 
 
-@dataclass(frozen=True)
-class QueueSettings:
-    lease_seconds: float = 30.0  # a worker renews its leases every third of this
-    retention_days: float = 30.0  # finished jobs (and their tags, delivery logs) kept this long; 0: forever
-    max_attempts: int = 3  # claims of one job before it is FAILED (its workers kept dying)
-    webhook_attempts: int = 8  # deliveries of one notification (1 s, 2 s, 4 s ... apart)
-
-    @classmethod
-    def from_env(cls) -> QueueSettings:
-        return cls(
-            lease_seconds=float_env("INFERGATE_JOB_LEASE_SECONDS", 30.0, minimum=0.5),
-            max_attempts=int_env("INFERGATE_JOB_MAX_ATTEMPTS", 3, minimum=1),
-            webhook_attempts=int_env("INFERGATE_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1),
-            retention_days=float_env("INFERGATE_JOB_RETENTION_DAYS", 30.0, minimum=0.0),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    id: str
-    kind: str
-    status: str
-    key_uuid: str | None
-    model_id: str | None
-    payload: dict[str, Any]
-    output: Any
-    error: str | None
-    tags: list[dict[str, str]]
-    webhook_url: str | None
-    webhook_status: str | None
-    attempts: int
-    max_attempts: int
-    lease_token: str | None
-    created_us: int
-    started_us: int | None
-    completed_us: int | None
-
-    @classmethod
-    def from_row(cls, row: Any) -> Job:
-        m = row._mapping if hasattr(row, "_mapping") else row
-        return cls(
-            id=m["id"],
-            kind=m["kind"],
-            status=m["status"],
-            key_uuid=m["key_uuid"],
-            model_id=m["model_id"],
-            payload=orjson.loads(m["payload"]),
-            output=orjson.loads(m["output"]) if m["output"] is not None else None,
-            error=m["error"],
-            tags=orjson.loads(m["tags"]) if m["tags"] else [],
-            webhook_url=m["webhook_url"],
-            webhook_status=m["webhook_status"],
-            attempts=m["attempts"],
-            max_attempts=m["max_attempts"],
-            lease_token=m["lease_token"],
-            created_us=m["created_us"],
-            started_us=m["started_us"],
-            completed_us=m["completed_us"],
-        )
-
-
-def _visible(key_uuid: str | None, admin: bool) -> Any:
-    """Jobs a caller may see: a key its own; the admin token, or internal code passing no key, all.
-    (The api passes the calling key's uuid, never None, unless the caller is the admin.)"""
-    return true() if admin or key_uuid is None else jobs.c.key_uuid == key_uuid
-
-
-class JobQueue:
+class JobQueue(JobReads):
     """The queue's operations; the async ones run their SQL in a thread."""
 
     def __init__(self, engine: Engine, settings: QueueSettings | None = None) -> None:
@@ -480,15 +407,6 @@ class JobQueue:
             )
             self._insert(conn, [row])
 
-    # -- owners (api) ----------------------------------------------------------------------------
-    async def get(self, job_id: str, key_uuid: str | None = None, *, admin: bool = False) -> Job | None:
-        return await asyncio.to_thread(self.get_now, job_id, key_uuid, admin)
-
-    def get_now(self, job_id: str, key_uuid: str | None = None, admin: bool = False) -> Job | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(jobs).where(jobs.c.id == job_id, _visible(key_uuid, admin))).first()
-        return Job.from_row(row) if row is not None else None
-
     async def cancel(self, job_id: str, key_uuid: str | None = None, *, admin: bool = False) -> Job | None:
         """Cancel a queued or running job: the cancelled job, None if not visible, Conflict if done."""
         job = await asyncio.to_thread(self._cancel, job_id, key_uuid, admin)
@@ -502,7 +420,7 @@ class JobQueue:
         with self.engine.begin() as conn:
             row = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, _visible(key_uuid, admin), ACTIVE)
+                .where(jobs.c.id == job_id, visible(key_uuid, admin), ACTIVE)
                 .values(
                     status=CANCELLED,
                     lease_token=None,
@@ -522,84 +440,3 @@ class JobQueue:
         raise Conflict(
             f"The job '{job_id}' is already {job.status} and cannot be cancelled.", code="job_done"
         )
-
-    async def list(
-        self,
-        kind: str,
-        key_uuid: str | None = None,
-        *,
-        admin: bool = False,
-        statuses: Sequence[str] = (),
-        tags: Sequence[tuple[str, str]] = (),
-        model_id: str | None = None,
-        limit: int = 20,
-        after: str | None = None,
-    ) -> tuple[list[Job], bool]:
-        """Newest first; `after` is the id of the last job of the previous page. Returns (jobs, more)."""
-        return await asyncio.to_thread(
-            self._list, kind, key_uuid, admin, statuses, tags, model_id, limit, after
-        )
-
-    def _list(
-        self,
-        kind: str,
-        key_uuid: str | None,
-        admin: bool,
-        statuses: Sequence[str],
-        tags: Sequence[tuple[str, str]],
-        model_id: str | None,
-        limit: int,
-        after: str | None,
-    ) -> tuple[list[Job], bool]:
-        stmt = select(jobs).where(jobs.c.kind == kind, _visible(key_uuid, admin))
-        if statuses:
-            stmt = stmt.where(jobs.c.status.in_(list(statuses)))
-        if model_id:
-            stmt = stmt.where(jobs.c.model_id == model_id)
-        for tag_key, tag_value in tags:
-            tagged = select(job_tags.c.job_id).where(job_tags.c.key == tag_key, job_tags.c.value == tag_value)
-            stmt = stmt.where(jobs.c.id.in_(tagged))
-        with self.engine.connect() as conn:
-            if after:
-                cursor = conn.execute(select(jobs.c.created_us).where(jobs.c.id == after)).scalar()
-                if cursor is not None:
-                    stmt = stmt.where(
-                        or_(jobs.c.created_us < cursor, and_(jobs.c.created_us == cursor, jobs.c.id < after))
-                    )
-            rows = conn.execute(
-                stmt.order_by(jobs.c.created_us.desc(), jobs.c.id.desc()).limit(limit + 1)
-            ).all()
-        found = [Job.from_row(r) for r in rows]
-        return found[:limit], len(found) > limit
-
-    # -- webhook delivery log ----------------------------------------------------------------------
-    def record_delivery(
-        self,
-        job_id: str,
-        attempt: int,
-        status_code: int | None,
-        error: str | None,
-        duration_ms: float,
-        outcome: str | None,
-    ) -> None:
-        """Log one delivery attempt; `outcome` ('delivered', 'failed') ends the job's webhook state."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                job_deliveries.insert().values(
-                    job_id=job_id,
-                    attempt=attempt,
-                    at_us=now_us(),
-                    status_code=status_code,
-                    error=error,
-                    duration_ms=round(duration_ms, 3),
-                )
-            )
-            if outcome:
-                conn.execute(update(jobs).where(jobs.c.id == job_id).values(webhook_status=outcome))
-
-    def deliveries(self, job_id: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(job_deliveries).where(job_deliveries.c.job_id == job_id).order_by(job_deliveries.c.id)
-            ).all()
-        return [dict(r._mapping) for r in rows]

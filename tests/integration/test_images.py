@@ -109,6 +109,7 @@ def test_openai_sdk_generates_distinct_images_billed_per_token_and_image(
         "64x64",
     )
     assert abs(body["created"] - time.time()) < 120
+    assert "inference;dur=" in raw.http_response.headers["server-timing"]  # the pipeline's share
     seeds = [d["seed"] for d in body["data"]]
     assert seeds[1] == seeds[0] + 1
     usage = body["usage"]

@@ -146,8 +146,16 @@ async def create_images(request: Request) -> Response:
             "quality": result.quality,
             "size": job.size,
             "usage": render_usage(usage),
-        }
+        },
+        headers=_server_timing(result.timings),
     )
+
+
+def _server_timing(timings: dict[str, float]) -> dict[str, str] | None:
+    """What the backend's own work took (W3C Server-Timing): the rest is the endpoint's."""
+    if not timings:
+        return None
+    return {"Server-Timing": ", ".join(f"{name};dur={sec * 1000:.1f}" for name, sec in timings.items())}
 
 
 async def _render(

@@ -8,6 +8,8 @@ so the same list is what the store keeps and what `previous_response_id` replays
 from __future__ import annotations
 
 import json
+import os
+import random
 import secrets
 from typing import Any
 
@@ -40,7 +42,24 @@ ID_PREFIXES = {
 }
 
 
+# Item ids only need to be unique (every read is checked against the key that owns the response),
+# so they come from a fast generator seeded from the OS once per process (a forked worker reseeds);
+# response ids use `secret_id`.
+_ITEM_IDS = random.Random(secrets.randbits(256))
+_SEEDED_IN = os.getpid()
+
+
 def new_id(prefix: str) -> str:
+    """An item id (`msg_...`, `fc_...`): 48 random hex digits, as OpenAI's."""
+    global _SEEDED_IN
+    if os.getpid() != _SEEDED_IN:
+        _ITEM_IDS.seed(secrets.randbits(256))
+        _SEEDED_IN = os.getpid()
+    return f"{prefix}_{_ITEM_IDS.getrandbits(192):048x}"
+
+
+def secret_id(prefix: str) -> str:
+    """A response id: unguessable (from the OS's generator)."""
     return f"{prefix}_{secrets.token_hex(24)}"
 
 

@@ -82,6 +82,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from infergate.jobs.worker import check_settings, run_standalone
 
+    if args.concurrency is not None and args.concurrency < 1:
+        print(f"infergate: --concurrency must be at least 1, got {args.concurrency}", file=sys.stderr)
+        return 2
     settings = Settings.from_env()
     settings.load_catalog()  # a bad catalog stops the start here, naming the entry
     check_settings()  # a bad INFERGATE_JOB_*, _WORKER_*, _WEBHOOK_* value exits 2, naming the variable

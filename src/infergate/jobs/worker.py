@@ -318,8 +318,11 @@ async def run_standalone(settings: Any, concurrency: int | None = None) -> None:
     import signal
     import sys
 
+    from infergate.config import SettingError
     from infergate.platform import Platform
 
+    if concurrency is not None and concurrency < 1:
+        raise SettingError(f"--concurrency must be at least 1, got {concurrency}")
     platform = Platform(settings)
     ws = platform.worker_settings
     platform.worker_settings = dataclasses.replace(

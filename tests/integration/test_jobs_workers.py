@@ -265,3 +265,32 @@ def test_cancel_through_a_server_stops_the_task_in_a_standalone_worker(
         assert job_now(queue, job_id).status == "CANCELLED"
     finally:
         server.stop()
+
+
+def test_a_deleted_keys_queued_jobs_are_not_run(
+    env: dict[str, str], tmp_path: Path, workers: Callable[..., WorkerProcess], queue: JobQueue
+) -> None:
+    own = {k: v for k, v in env.items() if k != "INFERGATE_DATA_DIR"} | {"INFERGATE_WORKER": "0"}
+    server = ServerProcess(Path(env["INFERGATE_DATA_DIR"]), env=own).start()
+    try:
+        key = server.create_key("doomed")
+        r = httpx.post(
+            f"{server.url}/v1/async-invoke",
+            json={"model_id": "espeak-tts", "input": {"text": "Never spoken."}},
+            headers={"Authorization": f"Bearer {key['secret_key']}"},
+        )
+        job_id = r.json()["request_id"]
+        deleted = httpx.delete(
+            f"{server.url}/v2/gen-ai/models/api_keys/{key['uuid']}", headers=server.admin()
+        )
+        assert deleted.status_code == 200
+        workers()
+        failed = wait_for(lambda: (j := job_now(queue, job_id)).status == "FAILED" and j, what="FAILED")
+        assert "key that created this job was deleted" in (failed.error or "")
+        with queue.engine.connect() as conn:
+            billed = conn.execute(
+                text("SELECT count(*) FROM usage_records WHERE request_id = :r"), {"r": job_id}
+            )
+            assert billed.scalar() == 0
+    finally:
+        server.stop()

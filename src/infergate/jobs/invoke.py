@@ -12,6 +12,7 @@ request id, so a job that runs twice (its first worker died) is billed once.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import struct
@@ -23,7 +24,7 @@ from typing import Any
 from infergate.catalog import ModelSpec
 from infergate.engines.audio_format import COMPRESSED, FORMATS
 from infergate.engines.base import Engine, ImageEngine, RequestContext, SpeechEngine, SpeechRequest
-from infergate.errors import InvalidRequest, NotFound, RateLimited, Unavailable
+from infergate.errors import InvalidRequest, NotFound, PermissionDenied, RateLimited, Unavailable
 from infergate.jobs.queue import Job, RetryLater
 from infergate.jobs.worker import register_handler
 from infergate.metering import Charge
@@ -100,6 +101,14 @@ def check_submission(platform: Any, model_id: str, raw_input: dict[str, Any]) ->
 
 async def run_invoke(job: Job, platform: Any) -> Any:
     model_id = job.model_id or ""
+    if job.key_uuid is not None:
+        try:  # a deleted key's jobs are not run (nor billed to it) any more than its requests
+            await asyncio.to_thread(platform.keys.get, job.key_uuid)
+        except NotFound:
+            raise PermissionDenied(
+                "The model access key that created this job was deleted; the job was not run.",
+                code="key_deleted",
+            ) from None
     try:
         spec, kind, engine = resolve(platform, model_id)
         reason = engine.readiness()

@@ -225,3 +225,24 @@ def test_keyboard_only_create(page: Any, panel_server: ServerProcess) -> None:
     page.keyboard.press("Enter")
     page.wait_for_url("**/rename")
     assert page.evaluate("() => document.activeElement.id") == "name"  # the field is ready to type in
+
+
+def test_reloading_after_create_or_regenerate_does_nothing_again(
+    page: Any, panel_server: ServerProcess
+) -> None:
+    login(page)
+    page.get_by_label("Key name").fill("reload-me")
+    page.get_by_role("button", name="Add model access key").click()
+    secret = page.get_by_label("Secret key").input_value()
+    with page.expect_response("**/panel/keys") as answer:
+        page.reload()  # the browser sends the form again
+    assert answer.value.request.method == "POST" and answer.value.status == 409
+    assert "already sent" in page.get_by_role("alert").inner_text()
+    assert _key_row(page, "reload-me").count() == 1 and secret not in page.content()
+    _open_menu_item(page, "reload-me", "Regenerate")
+    page.get_by_label("Type reload-me to confirm").fill("reload-me")
+    page.get_by_role("button", name="Regenerate access key").click()
+    new_secret = page.get_by_label("Secret key").input_value()
+    page.reload()
+    assert "already sent" in page.get_by_role("alert").inner_text()
+    assert _models_status(panel_server, new_secret) == 200  # the secret on screen still works

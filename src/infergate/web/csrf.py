@@ -9,8 +9,9 @@ token: a random value in a SameSite=Strict cookie that the form must echo.
 from __future__ import annotations
 
 import hmac
+import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 from starlette.requests import Request
 
@@ -66,3 +67,26 @@ class LoginLimiter:
 
     def succeeded(self, client: str) -> None:
         self._failures.pop(client, None)
+
+
+class OnceTokens:
+    """One-use form tokens for the actions that answer with a secret (create, regenerate): a page
+    reloaded after one re-sends its form, and must not make a second key or rotate the secret the
+    user is looking at. Remembered per process (a bounded set)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._used: OrderedDict[str, None] = OrderedDict()
+
+    @staticmethod
+    def issue() -> str:
+        return secrets.token_urlsafe(16)
+
+    def use(self, token: str) -> bool:
+        """True the first time a token is seen (an empty token is never accepted)."""
+        if not token or token in self._used:
+            return False
+        self._used[token] = None
+        if len(self._used) > self.size:
+            self._used.popitem(last=False)
+        return True

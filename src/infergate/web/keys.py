@@ -16,12 +16,15 @@ from starlette.responses import Response
 
 from infergate.errors import NotFound
 from infergate.web import loopback
+from infergate.web.csrf import OnceTokens
 from infergate.web.data import key_rows
 from infergate.web.guard import Ctx, panel_action, panel_page
 from infergate.web.playground import PLAYGROUND_KEY_NAME
 from infergate.web.render import redirect
 
 router = APIRouter()
+once = OnceTokens()
+RESENT = "This form was already sent (the page was reloaded), so nothing was done again."
 KEYS_API = "/v2/gen-ai/models/api_keys"
 LIMIT_FIELDS = ("rpm", "tpm", "max_concurrency", "monthly_budget_usd")
 LIMIT_LABELS = {
@@ -50,6 +53,7 @@ async def _render_keys(
         secret=secret,
         error=error,
         playground_name=PLAYGROUND_KEY_NAME,
+        once_token=once.issue(),
     )
 
 
@@ -67,6 +71,8 @@ async def keys_page(request: Request, ctx: Ctx) -> Response:
 
 
 async def create_key(request: Request, ctx: Ctx) -> Response:
+    if not once.use(ctx.form.get("once", "")):
+        return await _render_keys(request, ctx, 409, error=RESENT)
     name = ctx.form.get("name", "").strip()
     answer = await loopback.call(request, "POST", KEYS_API, ctx.admin_token, {"name": name})
     if answer.status != 200:
@@ -86,7 +92,7 @@ async def confirm_page(request: Request, ctx: Ctx) -> Response:
         )
     if action == "limits":
         return await _limits_page(request, ctx, key)
-    return ctx.render(request, f"key_{action}.html", nav="keys", key=key, error=None)
+    return ctx.render(request, f"key_{action}.html", nav="keys", key=key, error=None, once_token=once.issue())
 
 
 async def key_action(request: Request, ctx: Ctx) -> Response:
@@ -108,7 +114,11 @@ async def key_action(request: Request, ctx: Ctx) -> Response:
     if action in ("regenerate", "delete"):
         if ctx.form.get("confirm_name", "") != key["name"]:
             error = "The name you typed does not match the key's name; nothing was changed."
-            return ctx.render(request, f"key_{action}.html", 400, nav="keys", key=key, error=error)
+            return ctx.render(
+                request, f"key_{action}.html", 400, nav="keys", key=key, error=error, once_token=once.issue()
+            )
+        if action == "regenerate" and not once.use(ctx.form.get("once", "")):
+            return await _render_keys(request, ctx, 409, error=RESENT)
         if action == "delete":
             answer = await loopback.call(request, "DELETE", path, ctx.admin_token)
             if answer.status != 200:

@@ -136,3 +136,13 @@ def test_the_documents_example_is_accepted_and_a_running_image_job_can_be_cancel
     cancelled = httpx.post(f"{server.url}/v1/async-invoke/{job_id}/cancel", headers=headers)
     assert cancelled.status_code == 200, cancelled.text
     assert wait_status(server, headers, job_id, {"CANCELLED", "COMPLETED", "FAILED"})["status"] == "CANCELLED"
+
+
+def test_the_fal_alias_also_serves_the_openai_images_endpoint(
+    server: ServerProcess, headers: dict[str, str]
+) -> None:
+    body = {"model": "fal-ai/fast-sdxl", "prompt": "an otter", "size": "auto"}
+    r = httpx.post(f"{server.url}/v1/images/generations", json=body, headers=headers, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["size"] == "64x64"
+    assert ledger_row(server, r.headers["x-request-id"])["model"] == "tiny-sd"

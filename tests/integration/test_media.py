@@ -203,3 +203,23 @@ def test_s3_retention_sweep_deletes_expired_objects(s3: str, tmp_path: Path) -> 
     wait_for(lambda: time.time() > ref.expires_at)  # type: ignore[operator]
     assert asyncio.run(store.sweep()) == 1
     assert keys() == []
+
+
+def test_a_store_that_cannot_save_is_a_503_not_a_500(
+    stand_in: ImagesUpstream, s3: str, tmp_path: Path
+) -> None:
+    env = {"INFERGATE_MEDIA_S3_BUCKET": "no-such-bucket", "INFERGATE_MEDIA_S3_ENDPOINT": s3}
+    proc = start_server(tmp_path / "s", stand_in, **env)
+    try:
+        secret = proc.create_key("media")["secret_key"]
+        body = {"model": "img", "prompt": "an otter", "size": "256x256"}
+        headers = {"Authorization": f"Bearer {secret}"}
+        r = httpx.post(
+            f"{proc.url}/v1/images/generations", json={**body, "response_format": "url"}, headers=headers
+        )
+        assert r.status_code == 503, r.text
+        assert "media store cannot save" in r.json()["error"]["message"]
+        # base64 answers need no store
+        assert httpx.post(f"{proc.url}/v1/images/generations", json=body, headers=headers).status_code == 200
+    finally:
+        proc.stop()

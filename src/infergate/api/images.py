@@ -29,6 +29,7 @@ from infergate.metering import Charge
 from infergate.platform import Platform
 from infergate.schemas.common import INFERENCE_ERRORS
 from infergate.schemas.images import ImageGenerationRequest, resolve_size
+from infergate.usage import unit_cost_nano
 
 router = APIRouter()
 log = logging.getLogger("infergate.images")
@@ -65,7 +66,7 @@ def image_engine(platform: Platform, model_id: str) -> tuple[ModelSpec, ImageEng
             param="model",
             code="model_not_found",
         )
-    spec, engine = platform.engine_for(model_id, "image", ImageEngine)
+    spec, engine = platform.engine_for(spec.id, "image", ImageEngine)  # spec.id: model_id may be an alias
     reason = engine.readiness()
     if reason is not None:
         raise Unavailable(f"The model '{model_id}' cannot serve: {reason}", code="model_unavailable")
@@ -117,6 +118,8 @@ async def create_images(request: Request) -> Response:
     meter = await platform.admit(
         Charge(spec, request_id, key.uuid, ENDPOINT, started),
         max_output_tokens=job.n * image_tokens(job.width, job.height, job.quality),
+        extra_cost_nano=unit_cost_nano(spec.image_price, job.n),
+        prompt_texts=lambda: [params.prompt],
         live_usage=True,  # nothing to estimate: images are made whole or not at all
     )
     context.usage = meter.usage

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, quote, urlsplit
 
 from infergate.config import SettingError, float_env
-from infergate.errors import NotFound, PermissionDenied
+from infergate.errors import NotFound, PermissionDenied, Unavailable
 
 log = logging.getLogger("infergate.media")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
@@ -296,7 +296,11 @@ class MediaStore:
             expires_at=now + self.settings.retention if self.settings.retention else None,
             meta=meta or {},
         )
-        await asyncio.to_thread(self.backend.put, ref, data)
+        try:
+            await asyncio.to_thread(self.backend.put, ref, data)
+        except Exception as exc:  # a full disk, an unreachable bucket: the request cannot finish
+            log.error("media store: saving %s failed: %s", ref.file_name, exc)
+            raise Unavailable(f"The media store cannot save files right now: {exc}") from None
         return ref
 
     async def load(self, media_id: str) -> tuple[MediaRef, bytes]:

@@ -162,6 +162,9 @@ async def _run_chat(
         live_usage=engine.live_usage,
     )
     budget = Budget(meter)
+    # a plain answer (not streamed, not a background job whose events are stored for replay)
+    # needs only the final event: the others are numbered and built, not passed on
+    live = params.stream or params.background
     max_steps = toolset.settings.max_steps if toolset is not None else 1
     status, error = "completed", None
     try:
@@ -177,11 +180,14 @@ async def _run_chat(
                         if first:  # the call answered: the response exists from here on
                             first = False
                             opened = run.response("in_progress")
-                            yield run.seq.event("response.created", response=opened)
-                            yield run.seq.event("response.in_progress", response=opened)
-                            for ev in _mcp_listing(run, toolset):
-                                yield ev
-                        if event is not None:
+                            for ev in (
+                                run.seq.event("response.created", response=opened),
+                                run.seq.event("response.in_progress", response=opened),
+                                *_mcp_listing(run, toolset),
+                            ):
+                                if live:
+                                    yield ev
+                        if event is not None and live:
                             yield event
             except InvalidRequest as exc:
                 if step == 1 and exc.code == "context_length_exceeded":
@@ -189,7 +195,8 @@ async def _run_chat(
                 exc.param = _responses_param(exc.param)  # the engine names chat's fields
                 raise
             for event in out.finish():
-                yield event
+                if live:
+                    yield event
             await budget.end_step(chat.context.extra.get("result_usage"), out.reasoning, out.texts, messages)
             if out.end.finish_reason == "length":
                 status = "incomplete"
@@ -199,7 +206,8 @@ async def _run_chat(
             if not mcp_calls:
                 break
             async for event in _call_tools(run, toolset, mcp_calls):
-                yield event
+                if live:
+                    yield event
             if any(it["type"] == "function_call" and it["status"] == "completed" for it in run.output):
                 break  # a client function call in the same turn: control goes back to the client
             if step >= max_steps:
@@ -217,7 +225,8 @@ async def _run_chat(
     if error is not None:
         budget.fail(error)
         for event in run.builder.finish("incomplete"):
-            yield event
+            if live:
+                yield event
         yield run.seq.event("error", code=error.code, message=error.message, param=error.param)
         final = run.response(
             "failed", budget.total, error={"code": _error_code(error), "message": error.message}

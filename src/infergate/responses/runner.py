@@ -179,12 +179,11 @@ async def _run_chat(
                     async for event in call_events:
                         if first:  # the call answered: the response exists from here on
                             first = False
-                            opened = run.response("in_progress")
-                            for ev in (
-                                run.seq.event("response.created", response=opened),
-                                run.seq.event("response.in_progress", response=opened),
-                                *_mcp_listing(run, toolset),
-                            ):
+                            if live:
+                                opened = run.response("in_progress")
+                                yield run.seq.event("response.created", response=opened)
+                                yield run.seq.event("response.in_progress", response=opened)
+                            for ev in _mcp_listing(run, toolset):
                                 if live:
                                     yield ev
                         if event is not None and live:

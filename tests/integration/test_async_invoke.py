@@ -28,6 +28,12 @@ input_price = 15.0
 aliases = ["fal-ai/elevenlabs/tts/multilingual-v2"]
 
 [[models]]
+id = "piper-en-us-joe"
+kind = "tts"
+backend = "piper"
+input_price = 15.0
+
+[[models]]
 id = "a-chat-model"
 backend = "openai"
 base_url = "http://127.0.0.1:9/v1"
@@ -138,6 +144,19 @@ def test_speech_lifecycle_through_an_alias(server: ServerProcess) -> None:
     row = ledger_row(server, job["request_id"])  # billed once, per input character, under the job id
     assert row["model"] == "espeak-tts" and row["endpoint"] == "async-invoke" and row["status"] == 200
     assert row["input_tokens"] == len(TEXT) and row["cost_nano_usd"] == len(TEXT) * 15_000
+
+
+def test_the_built_in_piper_voice(server: ServerProcess) -> None:
+    secret = server.create_key("piper")["secret_key"]
+    text = "Hello from piper, through a durable job."
+    r = submit(server, secret, {"model_id": "piper-en-us-joe", "input": {"text": text, "speed": 1.2}})
+    assert r.status_code == 202, r.text
+    done = wait_status(server, secret, r.json()["request_id"], {"COMPLETED", "FAILED"}, timeout=120)
+    assert done["status"] == "COMPLETED", done
+    data = httpx.get(done["output"]["audio"]["url"]).content
+    with wave.open(io.BytesIO(data)) as wav:
+        assert wav.getframerate() == 22_050 and wav.getnframes() > 22_050  # over a second of speech
+    assert ledger_row(server, done["request_id"])["input_tokens"] == len(text)
 
 
 def test_slash_ids_and_the_gradient_spelling_without_v1(server: ServerProcess) -> None:

@@ -131,16 +131,25 @@ class Platform:
         """The request's bill (see metering.py): settle it on every way out."""
         return Meter(self.ledger, charge, **options)
 
-    async def admit(self, charge: Charge, *, max_output_tokens: int | None = None, **options: Any) -> Meter:
+    async def admit(
+        self,
+        charge: Charge,
+        *,
+        max_output_tokens: int | None = None,
+        extra_cost_nano: int = 0,
+        **options: Any,
+    ) -> Meter:
         """Admit a request and open its bill: every endpoint that does billable work starts here.
 
         This is where the key's limits (rate, concurrency, budget) are checked and the request's
         largest possible cost reserved; `Meter.settle` settles the reservation to the real cost.
-        `max_output_tokens` bounds the output (None: the model's context bounds it). A refused request
-        raises RateLimited (429) before any work; no request object is needed (job workers call it too).
+        `max_output_tokens` bounds the output (None: the model's context bounds it); `extra_cost_nano`
+        is the largest cost priced per unit rather than per token (images, seconds of audio, see
+        `usage.unit_cost_nano`). A refused request raises RateLimited (429) before any work; no
+        request object is needed (job workers call it too).
         """
         meter = self.meter(charge, **options)
-        await self.limits.admit(meter, max_output_tokens)
+        await self.limits.admit(meter, max_output_tokens, extra_cost_nano)
         return meter
 
     def readiness(self) -> str | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from infergate.catalog import ModelSpec
@@ -161,3 +161,10 @@ def _obj(value: Any) -> dict[str, Any]:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def unit_cost_nano(price_usd: float, units: float) -> int:
+    """The most `units` of something priced per unit (an image, a second of audio) can cost, in
+    whole nano-USD rounded up: what a budget reserves for it before the work (`Platform.admit`)."""
+    exact = Decimal(str(price_usd)) * Decimal(str(units)) * 1_000_000_000
+    return int(exact.to_integral_value(rounding=ROUND_CEILING))

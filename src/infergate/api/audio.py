@@ -88,7 +88,9 @@ async def create_speech(request: Request) -> Response:
     request_id = request_id_of(request)
     # live usage: the engine sets the character count once synthesis starts, nothing is estimated
     meter = await platform_of(request).admit(
-        Charge(spec, request_id, key.uuid, ENDPOINT, started), live_usage=True
+        Charge(spec, request_id, key.uuid, ENDPOINT, started),
+        prompt_texts=lambda: [params.input],  # the budget reserves the characters' price
+        live_usage=True,
     )
     speech = SpeechRequest(
         text=params.input,

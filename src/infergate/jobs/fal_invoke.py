@@ -21,7 +21,7 @@ from infergate.errors import InvalidRequest
 from infergate.jobs.invoke import register_invoke_backend
 from infergate.jobs.queue import Job
 from infergate.metering import Charge
-from infergate.usage import Usage
+from infergate.usage import Usage, unit_cost_nano
 
 ENDPOINT = "async-invoke"
 MAX_TEXT_CHARS = 100_000
@@ -59,6 +59,15 @@ def parse_fal(spec: ModelSpec, raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def most_units_cost(spec: ModelSpec, params: dict[str, Any]) -> int:
+    """The per-unit part of the largest cost, reserved against a budget before submitting."""
+    if spec.kind == "image":
+        return unit_cost_nano(spec.image_price, int(params.get("num_images", 1)))
+    if spec.kind == "audio":
+        return unit_cost_nano(spec.audio_second_price, float(params["seconds_total"]))
+    return 0  # speech: its characters are the prompt, reserved at the input price
+
+
 def usage_of(spec: ModelSpec, params: dict[str, Any], output: dict[str, Any]) -> Usage:
     if spec.kind == "tts":
         return Usage(input_tokens=len(str(params.get("text", ""))))
@@ -72,7 +81,13 @@ def usage_of(spec: ModelSpec, params: dict[str, Any], output: dict[str, Any]) ->
 async def run_fal(
     job: Job, spec: ModelSpec, engine: FalQueueEngine, params: dict[str, Any], platform: Any
 ) -> Any:
-    meter = await platform.admit(Charge(spec, job.id, job.key_uuid, ENDPOINT, time.perf_counter()))
+    meter = await platform.admit(
+        Charge(spec, job.id, job.key_uuid, ENDPOINT, time.perf_counter()),
+        max_output_tokens=0,  # fal bills units, not tokens
+        extra_cost_nano=most_units_cost(spec, params),
+        prompt_texts=lambda: [str(params.get(REQUIRED_TEXT.get(spec.kind, "prompt"), ""))],
+        live_usage=True,
+    )
     request: FalRequest | None = None
     try:
         saved = job.payload.get("checkpoint", {}).get("fal_request")

@@ -29,6 +29,7 @@ from infergate.jobs.queue import Job, RetryLater
 from infergate.jobs.worker import register_handler
 from infergate.metering import Charge
 from infergate.schemas.async_invoke import SpeechInput, parse_input
+from infergate.usage import unit_cost_nano
 
 log = logging.getLogger("infergate.jobs")
 KIND = "async-invoke"
@@ -159,7 +160,7 @@ async def run_speech(
     job: Job, spec: ModelSpec, engine: SpeechEngine, params: SpeechInput, platform: Any
 ) -> Any:
     # live usage: the engine sets the character count once synthesis starts
-    meter = await platform.admit(_charge(job, spec), live_usage=True)
+    meter = await platform.admit(_charge(job, spec), prompt_texts=lambda: [params.text], live_usage=True)
     try:
         request = SpeechRequest(
             text=params.text,
@@ -204,9 +205,16 @@ def parse_image(_spec: ModelSpec, raw: dict[str, Any]) -> Any:
 
 
 async def run_image(job: Job, spec: ModelSpec, engine: ImageEngine, params: Any, platform: Any) -> Any:
-    from infergate.engines.image_common import run_fal_image_job
+    from infergate.engines.image_common import image_tokens, run_fal_image_job
 
-    meter = await platform.admit(_charge(job, spec), max_output_tokens=None)
+    width, height = params.dimensions(spec)
+    meter = await platform.admit(
+        _charge(job, spec),
+        max_output_tokens=params.num_images * image_tokens(width, height, "auto"),
+        extra_cost_nano=unit_cost_nano(spec.image_price, params.num_images),
+        prompt_texts=lambda: [params.prompt],
+        live_usage=True,
+    )
     try:
         context = RequestContext(request_id=job.id, key_uuid=job.key_uuid, usage=meter.usage)
         output, usage = await run_fal_image_job(engine, params, context, platform.media)

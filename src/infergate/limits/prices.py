@@ -36,6 +36,8 @@ class Prices:
         return math.ceil(prompt_tokens * self.top_input + output_tokens * self.output)
 
     def cost(self, u: Usage) -> int:
+        if u.images or u.audio_seconds:  # per-unit prices: the ledger's own arithmetic
+            return u.cost_nano_usd(self.spec)
         exact = (
             u.uncached_input_tokens * self.input
             + u.output_tokens * self.output

@@ -170,7 +170,7 @@ class KeyLimiter:
             self._expires = time.monotonic() + self._ttl
 
     # -- admission -------------------------------------------------------------------------------
-    async def admit(self, meter: Meter, max_output_tokens: int | None) -> None:
+    async def admit(self, meter: Meter, max_output_tokens: int | None, extra_cost_nano: int = 0) -> None:
         """Reserve and check; raise RateLimited (429) when a limit refuses. Sets the x-ratelimit-*
         headers of the HTTP answer, when there is one."""
         charge = meter.charge
@@ -179,7 +179,7 @@ class KeyLimiter:
         limits = await self.limits_of(charge.key_uuid)
         if limits is None:
             return
-        need = await self._need(meter, limits, max_output_tokens)
+        need = await self._need(meter, limits, max_output_tokens, extra_cost_nano)
         month = month_of(time.time())
         verdict, reservation = await self._decide(charge.key_uuid, charge.request_id, limits, need, month)
         state = HTTP_STATE.get()
@@ -197,7 +197,9 @@ class KeyLimiter:
             prices = self._prices[spec.id] = Prices(spec)
         return prices
 
-    async def _need(self, meter: Meter, limits: KeyLimits, max_output_tokens: int | None) -> Need:
+    async def _need(
+        self, meter: Meter, limits: KeyLimits, max_output_tokens: int | None, extra_cost_nano: int = 0
+    ) -> Need:
         if not limits.counts_prompt:
             return Need(0, 0)
         texts, framing = meter.prompt()
@@ -208,7 +210,11 @@ class KeyLimiter:
             prompt += framing
         spec = meter.charge.spec
         output = max_output_tokens if max_output_tokens is not None else spec.n_ctx
-        cost = self.prices(spec).reserve(prompt, output) if limits.budget_nano is not None else 0
+        cost = (
+            self.prices(spec).reserve(prompt, output) + extra_cost_nano
+            if limits.budget_nano is not None
+            else 0
+        )
         return Need(cost, prompt + output)
 
     async def _decide(

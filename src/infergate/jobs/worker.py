@@ -46,7 +46,12 @@ from infergate.observability import REGISTRY
 log = logging.getLogger("infergate.jobs")
 Handler = Callable[[Job, Any], Awaitable[Any]]
 # Modules that register job kinds when imported: every worker imports them.
-HANDLER_MODULES = ("infergate.jobs.invoke", "infergate.jobs.fal_invoke", "infergate.jobs.webhooks")
+HANDLER_MODULES = (
+    "infergate.jobs.invoke",
+    "infergate.jobs.fal_invoke",
+    "infergate.jobs.webhooks",
+    "infergate.responses.background",
+)
 _handlers: dict[str, Handler] = {}
 PURGE_EVERY = 3600.0  # seconds between retention sweeps
 PURGE_BATCH = 1000

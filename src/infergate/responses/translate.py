@@ -11,6 +11,7 @@ import json
 import os
 import random
 import secrets
+import time
 from typing import Any
 
 from infergate.errors import InvalidRequest
@@ -59,8 +60,10 @@ def new_id(prefix: str) -> str:
 
 
 def secret_id(prefix: str) -> str:
-    """A response id: unguessable (from the OS's generator)."""
-    return f"{prefix}_{secrets.token_hex(24)}"
+    """A response id: 12 hex digits of the time in ms, then 36 unguessable ones (the OS's).
+    The time first (as in OpenAI's own ids) makes ids grow, so the store's indexes on them take
+    appends instead of random inserts: a commit writes far fewer pages."""
+    return f"{prefix}_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(18)}"
 
 
 def _part(part: Any, role: str) -> dict[str, Any]:

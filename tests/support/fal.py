@@ -9,16 +9,18 @@ A prompt of "refuse" gets fal's 422; requests need `Authorization: Key <key>` wh
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import uuid
 from typing import Any
 
 from aiohttp import web
 
+from tests.support.aio_server import ThreadedAiohttpServer
 
-class StandInFal:
+
+class StandInFal(ThreadedAiohttpServer):
     def __init__(self, key: str | None = None) -> None:
+        super().__init__()
         self.key = key
         self.submitted: list[dict[str, Any]] = []
         self.cancelled: list[str] = []
@@ -26,36 +28,13 @@ class StandInFal:
         self.hold = threading.Event()  # while cleared, requests stay IN_PROGRESS
         self.hold.set()
         self._requests: dict[str, dict[str, Any]] = {}
-        self.port = 0
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.root_url  # fal's queue has no /v1
 
-    def start(self) -> StandInFal:
-        threading.Thread(target=self._serve, daemon=True).start()
-        if not self._ready.wait(10):
-            raise RuntimeError("fal stand-in did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop and self._runner:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-
-    def _serve(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/{tail:.*}", self._route)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        self._loop.run_forever()
 
     async def _route(self, request: web.Request) -> web.Response:
         if self.key and request.headers.get("Authorization") != f"Key {self.key}":

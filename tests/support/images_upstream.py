@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
-import threading
 from typing import Any
 
 from aiohttp import web
 from PIL import Image
+
+from tests.support.aio_server import ThreadedAiohttpServer
 
 
 def png(width: int, height: int, color: tuple[int, int, int]) -> bytes:
@@ -18,44 +18,19 @@ def png(width: int, height: int, color: tuple[int, int, int]) -> bytes:
     return out.getvalue()
 
 
-class ImagesUpstream:
+class ImagesUpstream(ThreadedAiohttpServer):
     """`POST /v1/images/generations`; the upstream model name picks the behaviour:
     "img" (base64 and usage), "img-url" (links to /files/N.png, no usage), "img-fail-429",
     "img-fail-400", "img-badjson"."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._ready = threading.Event()
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> ImagesUpstream:
-        threading.Thread(target=self._serve, daemon=True).start()
-        assert self._ready.wait(10), "stand-in did not start"
-        return self
-
-    def stop(self) -> None:
-        if self._loop and self._runner:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-
-    def _serve(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/images/generations", self._generate)
         app.router.add_get("/files/{n}.png", self._file)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        self._loop.run_forever()
 
     async def _file(self, request: web.Request) -> web.Response:
         return web.Response(

@@ -22,51 +22,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from typing import Any
 
 from aiohttp import web
 
+from tests.support.aio_server import ThreadedAiohttpServer
+
 REASONING = ["The", " user", " asks", " 2+2.", " That", " is", " 4."]
 ANSWER = ["The", " answer", " is", " 4."]
 
 
-class ResponsesStandIn:
+class ResponsesStandIn(ThreadedAiohttpServer):
+    handler_cancellation = True  # a client gone cancels the handler
+
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[dict[str, Any]] = []
         self.abandoned = 0  # streams the gateway dropped
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._ready = threading.Event()
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> ResponsesStandIn:
-        threading.Thread(target=self._serve, daemon=True).start()
-        if not self._ready.wait(10):
-            raise RuntimeError("stand-in did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop and self._runner:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-
-    def _serve(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/responses", self._responses)
-        self._runner = web.AppRunner(app, handler_cancellation=True)  # a client gone cancels the handler
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        self._loop.run_forever()
 
     # -- chat completions -------------------------------------------------------------------------
     def _plan(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from typing import Any
 
 from aiohttp import web
+
+from tests.support.aio_server import ThreadedAiohttpServer
 
 ANSWER_WORDS = ["Paris", " is", " the", " capital", " of", " France", "."]
 
@@ -34,43 +35,17 @@ def usage_for(body: dict[str, Any], words: int) -> dict[str, Any]:
     return {"prompt_tokens": prompt, "completion_tokens": words, "total_tokens": prompt + words}
 
 
-class StandInUpstream:
+class StandInUpstream(ThreadedAiohttpServer):
     def __init__(self, slow_seconds: float = 3.0) -> None:
+        super().__init__()
         self.slow_seconds = slow_seconds
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.abandoned = 0
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._ready = threading.Event()
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> StandInUpstream:
-        threading.Thread(target=self._serve, daemon=True).start()
-        if not self._ready.wait(10):
-            raise RuntimeError("stand-in upstream did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop and self._runner:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-
-    def _serve(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._ready.set()
-        self._loop.run_forever()
 
     async def _models(self, _: web.Request) -> web.Response:
         return web.json_response(

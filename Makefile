@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 
 .PHONY: install serve test lint bench clean chromium
 
-install: $(STAMP)
+install: $(STAMP) $(EXTRA_STAMPS)
 
 $(STAMP): pyproject.toml scripts/install.sh scripts/ggml_cpu_flags.sh
 	VENV=$(VENV) WHEELS=$(WHEELS) LLAMA_CPP_VERSION=$(LLAMA_CPP_VERSION) bash scripts/install.sh

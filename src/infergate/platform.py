@@ -36,6 +36,11 @@ E = TypeVar("E", bound=Engine)
 KIND_NAMES = {"tts": "text-to-speech (tts)"}
 
 
+def _a(noun: str) -> str:
+    """The noun with its indefinite article: "an image", "a chat"."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 class Platform:
     def __init__(self, settings: Settings, catalog: Catalog | None = None) -> None:
         self.settings = settings
@@ -111,15 +116,17 @@ class Platform:
                 code="model_not_found",
             )
         if spec.kind != kind:
+            wanted = _a(KIND_NAMES.get(kind, kind))
             raise InvalidRequest(
-                f"The model '{model_id}' is a {spec.kind} model, not a {KIND_NAMES.get(kind, kind)} model.",
+                f"The model '{model_id}' is {_a(spec.kind)} model, not {wanted} model.",
                 param="model",
                 code="model_not_supported",
             )
-        engine = self.engines.get(model_id)
+        # engines are keyed by the real id: model_id may be one of the spec's aliases
+        engine = self.engines.get(spec.id)
         if not isinstance(engine, engine_type):
             raise Unavailable(
-                f"The model '{model_id}' cannot serve: {self.engine_errors.get(model_id)}",
+                f"The model '{model_id}' cannot serve: {self.engine_errors.get(spec.id, 'not loaded')}",
                 code="model_unavailable",
             )
         return spec, engine

@@ -135,8 +135,14 @@ ok_output = st.fixed_dictionaries(
 valid_bodies = st.fixed_dictionaries(
     {
         "model": st.sampled_from(["r-reasoner", "r-tools", "r-thinker"]),
+        # a function_call_output only after its call (else a 400, as OpenAI answers)
         "input": st.one_of(
-            ok_text, st.lists(st.one_of(ok_message, ok_call, ok_output), min_size=1, max_size=5)
+            ok_text,
+            st.lists(
+                st.one_of(st.tuples(ok_message), st.tuples(ok_call), st.tuples(ok_call, ok_output)),
+                min_size=1,
+                max_size=4,
+            ).map(lambda groups: [item for group in groups for item in group]),
         ),
     },
     optional={

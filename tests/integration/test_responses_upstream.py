@@ -234,6 +234,12 @@ def test_cut_output_is_incomplete(client: openai.OpenAI) -> None:
         ({"metadata": {"k": 5}}, "metadata.k"),
         ({"stream": "yes"}, "stream"),
         ({"model": "no-such-model"}, "model"),
+        ({"background": True, "store": False}, "background"),
+        ({"previous_response_id": "resp_x", "conversation": "conv_x"}, "conversation"),
+        ({"previous_response_id": "resp_x", "conversation": {"id": "conv_x"}}, "conversation"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tool_choice": {"type": "function", "name": "get_weather"}}, "tool_choice"),
+        ({"text": {"format": {"type": "json_schema", "name": "a b", "schema": {}}}}, "text.format.name"),
     ],
 )
 def test_bad_values_get_400_naming_the_field(srv: ServerProcess, body: dict[str, Any], param: str) -> None:
@@ -402,3 +408,87 @@ def test_client_gone_before_a_plain_answer_is_billed_499(
     while stand_in.abandoned == abandoned and time.monotonic() < deadline:
         time.sleep(0.05)
     assert stand_in.abandoned == abandoned + 1  # the upstream call was dropped, not left running
+
+
+def _post(srv: ServerProcess, key: str, **body: Any) -> httpx.Response:
+    payload = {"model": "r-tools", "tools": [WEATHER_TOOL], **body}
+    return httpx.post(f"{srv.url}/v1/responses", json=payload, headers={"Authorization": f"Bearer {key}"})
+
+
+def _orphan_error(r: httpx.Response, call_id: str) -> None:
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "input" and error["type"] == "invalid_request_error", error
+    assert error["message"] == f"No tool call found for function call output with call_id {call_id}."
+
+
+@pytest.mark.parametrize("mode", [{}, {"stream": True}, {"background": True}])
+def test_function_call_output_without_its_call_is_400(
+    srv: ServerProcess, stand_in: ResponsesStandIn, mode: dict[str, Any]
+) -> None:
+    """As OpenAI: an output must answer a call made before it; nothing is sent, billed or queued."""
+    made = srv.create_key("orphan-output")
+    key = made["secret_key"]
+    sent = len(stand_in.requests)
+    orphan = {"type": "function_call_output", "call_id": "call_nowhere", "output": "sunny"}
+    r = _post(srv, key, input=[{"role": "user", "content": "Weather?"}, orphan], **mode)
+    _orphan_error(r, "call_nowhere")
+    call = {"type": "function_call", "call_id": "call_late", "name": "get_weather", "arguments": "{}"}
+    late = {"type": "function_call_output", "call_id": "call_late", "output": "sunny"}
+    _orphan_error(_post(srv, key, input=[late, call], **mode), "call_late")  # the output came first
+    assert len(stand_in.requests) == sent
+    ok = _post(srv, key, input=[call, late], store=False)  # the call first: served
+    assert ok.status_code == 200 and ok.json()["output_text"] == "Tool said: sunny", ok.text
+    rows = rows_where(srv, f"key_uuid = '{made['uuid']}'")  # polls until the served one is flushed
+    assert [r["request_id"] for r in rows] == [ok.headers["x-request-id"]]  # the 400s billed nothing
+
+
+def test_function_call_output_matches_calls_of_previous_response_and_conversation(
+    srv: ServerProcess, client: openai.OpenAI
+) -> None:
+    first = client.responses.create(model="r-tools", input="Weather in Paris?", tools=[WEATHER_TOOL])
+    (call,) = first.output
+    answer = {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}
+    second = client.responses.create(
+        model="r-tools", input=[answer], tools=[WEATHER_TOOL], previous_response_id=first.id, store=False
+    )
+    assert second.output_text == "Tool said: sunny"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(
+            model="r-tools",
+            input=[{**answer, "call_id": "call_other"}],
+            tools=[WEATHER_TOOL],
+            previous_response_id=first.id,
+            store=False,
+        )
+    assert err.value.body["param"] == "input" and "call_id call_other." in err.value.body["message"]
+    conv = client.conversations.create(
+        items=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {"type": "function_call", "call_id": "call_conv", "name": "get_weather", "arguments": "{}"},
+        ]
+    )
+    third = client.responses.create(
+        model="r-tools",
+        input=[{**answer, "call_id": "call_conv"}],
+        tools=[WEATHER_TOOL],
+        conversation=conv.id,
+    )
+    assert third.output_text == "Tool said: sunny"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model="r-tools", input=[answer], tools=[WEATHER_TOOL], conversation=conv.id)
+    assert err.value.body["param"] == "input"
+
+
+def test_stream_cut_by_max_output_tokens_ends_incomplete_not_completed(client: openai.OpenAI) -> None:
+    """What the README says: the SDK's get_final_response() wants response.completed, so a cut
+    stream's final response is the response.incomplete event's."""
+    with client.responses.stream(model="r-cutoff", input="Count", max_output_tokens=3, store=False) as s:
+        events = list(s)
+        with pytest.raises(RuntimeError, match=r"response\.completed"):
+            s.get_final_response()
+    last = events[-1]
+    assert last.type == "response.incomplete"
+    final = strict(last.response)
+    assert final.status == "incomplete" and final.incomplete_details.reason == "max_output_tokens"
+    assert final.output_text

@@ -24,7 +24,7 @@ from infergate.api.streaming import SSEResponse, run_until_disconnect, stream_er
 from infergate.errors import InvalidRequest, NotFound
 from infergate.responses.background import open_stream, start_background
 from infergate.responses.runner import run_response
-from infergate.responses.translate import secret_id
+from infergate.responses.translate import check_call_outputs, secret_id
 from infergate.schemas.common import INFERENCE_ERRORS
 from infergate.schemas.responses import ResponsesRequest
 
@@ -58,6 +58,7 @@ async def create_response(request: Request) -> Response:
     request.scope["state"]["model"] = params.model
     request_id = request_id_of(request)
     history = await _history(platform, params, key.uuid)
+    check_call_outputs(history, params)  # before a background job or a bill exists
     response_id = secret_id("resp")
     if params.background:
         return await _background(platform, params, body, key.uuid, response_id, history)

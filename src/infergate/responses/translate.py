@@ -308,3 +308,19 @@ def check_vision(items: list[dict[str, Any]], model_id: str, vision: bool) -> No
             param="input",
             code="invalid_image",
         )
+
+
+def check_call_outputs(history: list[dict[str, Any]], params: ResponsesRequest) -> None:
+    """Every `function_call_output` must answer a `function_call` made before it (in the history
+    or earlier in this input): OpenAI's 400, rather than an orphan tool message sent upstream."""
+    if isinstance(params.input, str):
+        return
+    calls = {it.get("call_id") for it in history if it.get("type") == "function_call"}
+    for item in params.input:
+        if isinstance(item, FunctionCallItem):
+            calls.add(item.call_id)
+        elif isinstance(item, FunctionCallOutputItem) and item.call_id not in calls:
+            raise InvalidRequest(
+                f"No tool call found for function call output with call_id {item.call_id}.",
+                param="input",
+            )

@@ -179,7 +179,7 @@ class TextFormatJsonObject(Strict):
 
 class TextFormatJsonSchema(Strict):
     type: Literal["json_schema"]
-    name: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")  # OpenAI's rule
     schema_: dict[str, Any] = Field(alias="schema")
     description: str | None = None
     strict: bool | None = None
@@ -248,6 +248,8 @@ class ResponsesRequest(Strict):
     @classmethod
     def _tool_choice_names_a_tool(cls, value: Any, info: ValidationInfo) -> Any:
         tools = info.data.get("tools") or []
+        if value == "required" and not tools:  # the model could not obey it
+            raise ValueError("tool_choice 'required' needs at least one tool in tools")
         if isinstance(value, NamedFunctionChoice):
             names = {t.name for t in tools if isinstance(t, FunctionTool)}
             if value.name not in names:

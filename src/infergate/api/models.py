@@ -13,9 +13,9 @@ from starlette.responses import Response
 from infergate.api.common import authenticate, json_response, platform_of
 from infergate.auth import check_admin
 from infergate.catalog import ModelSpec
-from infergate.errors import AuthenticationFailed
+from infergate.errors import AuthenticationFailed, NotFound
 from infergate.schemas.common import error_responses
-from infergate.schemas.models import DOModelList, OpenAIModelList
+from infergate.schemas.models import DOModelList, OpenAIModel, OpenAIModelList
 
 if TYPE_CHECKING:
     from infergate.platform import Platform
@@ -70,6 +70,27 @@ async def list_models(request: Request) -> Response:
     return json_response(
         {"object": "list", "data": [openai_model(s) for s in servable(platform_of(request))]}
     )
+
+
+@router.get(
+    "/models/{model_id:path}",  # :path: ids and aliases may hold slashes (fal-ai/fast-sdxl)
+    response_model=OpenAIModel,
+    responses=error_responses(401, 404),
+    summary="Retrieve a model (OpenAI compatible); an alias answers with the id asked for",
+)
+async def retrieve_model(request: Request, model_id: str) -> Response:
+    await authenticate(request)
+    platform = platform_of(request)
+    spec = platform.catalog.get(model_id)
+    # the same rule as the listing: a model that only answers errors is not offered
+    engine = platform.engines.get(spec.id) if spec is not None else None
+    if spec is None or engine is None or engine.readiness() is not None:
+        raise NotFound(
+            f"The model '{model_id}' does not exist; GET /v1/models lists the available ones.",
+            param="model",
+            code="model_not_found",
+        )
+    return json_response({**openai_model(spec), "id": model_id})  # OpenAI echoes the id asked for
 
 
 @v2_router.get(

@@ -84,6 +84,12 @@ def _json_path(loc: tuple[Any, ...]) -> list[str]:
     return path
 
 
+def _unlocated(loc: tuple[Any, ...], located: bool) -> tuple[Any, ...]:
+    if located and loc and loc[0] in ("query", "path", "header", "cookie"):
+        return loc[1:]
+    return loc
+
+
 def validation_message(exc: ValidationError | RequestValidationError) -> tuple[str, str | None]:
     """The first error, phrased for a person: `messages.0.role: Input should be ...`.
 
@@ -93,7 +99,9 @@ def validation_message(exc: ValidationError | RequestValidationError) -> tuple[s
     errors = exc.errors()
     if not errors:
         return "Invalid request body", None
-    paths = [_json_path(tuple(e.get("loc", ()))) for e in errors]
+    # a query/path/header parameter is named as the client sent it (`limit`, not `query.limit`)
+    located = isinstance(exc, RequestValidationError)
+    paths = [_json_path(_unlocated(tuple(e.get("loc", ())), located)) for e in errors]
     same_field = [i for i in range(len(errors)) if paths[i][: len(paths[0])] == paths[0]]
     deepest = max(same_field, key=lambda i: len(paths[i]))  # the first one on ties
     first = errors[deepest]

@@ -303,7 +303,7 @@ def test_cancel_queued_list_filters_and_restart(idle_server: ServerProcess, tmp_
     page = httpx.get(f"{url}?limit=3", headers=auth(secret)).json()
     assert page["has_more"] and page["last_id"] == ids[1]
     assert listed(f"limit=3&after={page['last_id']}") == [ids[0]]
-    for query, param in (("status=DONE", "status"), ("tag=nocolon", "tag"), ("limit=0", "query.limit")):
+    for query, param in (("status=DONE", "status"), ("tag=nocolon", "tag"), ("limit=0", "limit")):
         r = httpx.get(f"{url}?{query}", headers=auth(secret))
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
 

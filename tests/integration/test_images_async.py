@@ -33,6 +33,7 @@ steps = 2
 guidance_scale = 1.0
 threads = 1
 default_size = "64x64"
+sizes = ["64x64", "1024x768"]
 output_price = 10.0
 image_price = 0.01
 """
@@ -97,6 +98,12 @@ def test_an_image_job_completes_with_fal_output_served_as_signed_urls(
     ("model_input", "param"),
     [
         ({"prompt": "x", "image_size": "huge"}, "input.image_size"),
+        # outside the model's allowed sizes (as for /v1/images/generations): refused, not run
+        (
+            {"prompt": "x", "image_size": {"width": 4096, "height": 4096}, "num_images": 10},
+            "input.image_size",
+        ),
+        ({"prompt": "x", "image_size": "portrait_16_9"}, "input.image_size"),
         ({"prompt": "x", "num_images": 11}, "input.num_images"),
         ({"prompt": "x", "guidance_scale": "a lot"}, "input.guidance_scale"),
         ({"prompt": "x", "colour": "blue"}, "input.colour"),

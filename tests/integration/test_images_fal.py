@@ -79,6 +79,30 @@ def test_bad_inputs_are_400s_naming_the_field(raw: dict[str, Any], param: str, f
     assert caught.value.param == "input"
 
 
+def test_sizes_are_checked_against_the_models_allowed_sizes() -> None:
+    """As /v1/images/generations: the document's squares, the catalog's sizes and default_size."""
+    spec = SPEC.model_copy(update={"sizes": ["640x480"]})
+    for raw in (
+        {"prompt": "x", "image_size": {"width": 4096, "height": 4096}, "num_images": 10},
+        {"prompt": "x", "image_size": "portrait_16_9"},  # a preset outside the set: 576x1024
+        {"prompt": "x", "output_format": "landscape_4_3"},  # the document's spelling of a preset
+    ):
+        with pytest.raises(InvalidRequest) as caught:
+            parse_fal_image_input(raw, spec)
+        assert caught.value.param == "input.image_size", caught.value.message
+        assert "256x256, 512x512, 1024x1024, 640x480, 64x64" in caught.value.message, caught.value.message
+    for raw, size in (
+        ({"prompt": "x"}, (64, 64)),  # the model's default
+        ({"prompt": "x", "image_size": "square"}, (512, 512)),
+        ({"prompt": "x", "image_size": {"width": 640, "height": 480}}, (640, 480)),
+    ):
+        assert parse_fal_image_input(raw, spec).dimensions(spec) == size
+    # a fal upstream judges its own sizes
+    upstream = SPEC.model_copy(update={"backend": "fal"})
+    huge = {"prompt": "x", "image_size": {"width": 4096, "height": 4096}}
+    assert parse_fal_image_input(huge, upstream).dimensions(upstream) == (4096, 4096)
+
+
 @pytest.fixture(scope="module")
 def engine() -> Iterator[DiffusersImageEngine]:
     spec = SPEC.model_copy(update={"path": str(tiny_pipeline_dir()), "guidance_scale": 1.0, "threads": 1})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -111,8 +111,9 @@ async def list_jobs(
     after: str | None = Query(
         None, max_length=64, description="request_id of the last job of the previous page"
     ),
+    caller: tuple[str | None, bool] = Depends(_caller),  # a dependency: a 401 comes before any query 400
 ) -> Response:
-    key_uuid, admin = await _caller(request)
+    key_uuid, admin = caller
     statuses = [s.strip().upper() for value in status or [] for s in value.split(",") if s.strip()]
     for s in statuses:
         if s not in STATUSES:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -22,6 +22,7 @@ from infergate.schemas.conversations import (
     ItemsCreate,
 )
 from infergate.storage.items import normalize_items
+from infergate.storage.keys import KeyRecord
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
 ERRORS = error_responses(400, 401, 404, 413)
@@ -106,8 +107,8 @@ async def list_items(
     after: str | None = Query(None, max_length=128),
     limit: int = Query(20, ge=1, le=100),
     order: Literal["asc", "desc"] = Query("desc"),
+    key: KeyRecord = Depends(authenticate),  # a dependency: a 401 comes before any query 400
 ) -> Response:
-    key = await authenticate(request)
     store = platform_of(request).responses.conversations
     return json_response(
         await store.list_items(conversation_id, key.uuid, after=after, limit=limit, order=order)

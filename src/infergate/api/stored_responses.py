@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,6 +19,7 @@ from infergate.api.streaming import SSEResponse, stream_error_event
 from infergate.responses.background import cancel_background, open_stream
 from infergate.schemas.common import error_responses
 from infergate.schemas.conversations import ItemList
+from infergate.storage.keys import KeyRecord
 
 router = APIRouter(prefix="/responses", tags=["responses"])
 ERRORS = error_responses(400, 401, 404)
@@ -34,8 +35,8 @@ async def retrieve_response(
     response_id: str,
     stream: bool = Query(False),
     starting_after: int | None = Query(None, ge=-1, le=2**31),
+    key: KeyRecord = Depends(authenticate),  # a dependency: a 401 comes before any query 400
 ) -> Response:
-    key = await authenticate(request)
     platform = platform_of(request)
     if not stream:
         return json_response(await platform.responses.get(response_id, key.uuid))
@@ -82,8 +83,8 @@ async def list_input_items(
     after: str | None = Query(None, max_length=128),
     limit: int = Query(20, ge=1, le=100),
     order: Literal["asc", "desc"] = Query("desc"),
+    key: KeyRecord = Depends(authenticate),  # a dependency: a 401 comes before any query 400
 ) -> Response:
-    key = await authenticate(request)
     store = platform_of(request).responses
     return json_response(
         await store.input_items(response_id, key.uuid, after=after, limit=limit, order=order)

@@ -120,7 +120,10 @@ async def run_invoke(job: Job, platform: Any) -> Any:
     params = kind.parse(spec, job.payload.get("input", {}))
     try:
         return await kind.run(job, spec, engine, params, platform)
-    except RateLimited as exc:  # the key's limits refused it for now: later, within the attempts
+    except RateLimited as exc:
+        if exc.code == "insufficient_quota":  # the monthly budget: waiting hours helps nobody
+            raise
+        # a short rate/concurrency refusal: later, within the attempts
         delay = float(exc.headers.get("Retry-After", RATE_LIMITED_RETRY_SECONDS))
         raise RetryLater(exc.message, max(delay, 1.0)) from None
 
@@ -198,10 +201,10 @@ async def run_speech(
 # -- images ----------------------------------------------------------------------------------------
 
 
-def parse_image(_spec: ModelSpec, raw: dict[str, Any]) -> Any:
+def parse_image(spec: ModelSpec, raw: dict[str, Any]) -> Any:
     from infergate.schemas.images import parse_fal_image_input
 
-    return parse_fal_image_input(raw)
+    return parse_fal_image_input(raw, spec)  # sizes checked against the model's allowed set
 
 
 async def run_image(job: Job, spec: ModelSpec, engine: ImageEngine, params: Any, platform: Any) -> Any:

@@ -332,7 +332,10 @@ class JobQueue(JobReads):
             values = {"due_us": now + int(o.delay * 1e6), "error": o.error}
         else:  # RELEASE
             values = {"due_us": now, "attempts": jobs.c.attempts - 1}
-        stmt = self._held(job).values(status=QUEUED, lease_token=None, updated_us=now, **values)
+        # queued again: not started (a later claim sets started_us anew)
+        stmt = self._held(job).values(
+            status=QUEUED, lease_token=None, started_us=None, updated_us=now, **values
+        )
         return conn.execute(stmt).rowcount == 1
 
     async def checkpoint(self, job: Job, data: dict[str, Any]) -> bool:

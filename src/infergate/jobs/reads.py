@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, or_, select, true, update
 
+from infergate.errors import InvalidRequest
 from infergate.jobs.model import Job, now_us
 from infergate.jobs.tables import job_deliveries, job_tags, jobs
 
@@ -69,12 +70,20 @@ class JobReads:
             tagged = select(job_tags.c.job_id).where(job_tags.c.key == tag_key, job_tags.c.value == tag_value)
             stmt = stmt.where(jobs.c.id.in_(tagged))
         with self.engine.connect() as conn:
-            if after:
-                cursor = conn.execute(select(jobs.c.created_us).where(jobs.c.id == after)).scalar()
-                if cursor is not None:
-                    stmt = stmt.where(
-                        or_(jobs.c.created_us < cursor, and_(jobs.c.created_us == cursor, jobs.c.id < after))
-                    )
+            if after:  # empty: the first page
+                # only a job this caller can list is a cursor: an unknown one is a 400, not page one
+                cursor = None
+                if "\x00" not in after:  # no id holds NUL (PostgreSQL refuses it in a query)
+                    cursor = conn.execute(
+                        select(jobs.c.created_us).where(
+                            jobs.c.id == after, jobs.c.kind == kind, visible(key_uuid, admin)
+                        )
+                    ).scalar()
+                if cursor is None:
+                    raise InvalidRequest(f"after: no job '{after[:64]}' to continue from.", param="after")
+                stmt = stmt.where(
+                    or_(jobs.c.created_us < cursor, and_(jobs.c.created_us == cursor, jobs.c.id < after))
+                )
             rows = conn.execute(
                 stmt.order_by(jobs.c.created_us.desc(), jobs.c.id.desc()).limit(limit + 1)
             ).all()

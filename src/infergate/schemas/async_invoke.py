@@ -75,7 +75,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "model_id": job.model_id,
         "status": job.status,
         "created_at": iso(job.created_us),
-        "started_at": iso(job.started_us),
+        "started_at": iso(job.started_us) if job.status != "QUEUED" else None,
         "completed_at": iso(job.completed_us),
         "error": job.error if job.status in ("FAILED", "CANCELLED") else None,
         "output": job.output,

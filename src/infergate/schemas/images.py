@@ -121,8 +121,12 @@ class FalImageInput(BaseModel):
         return FAL_IMAGE_SIZES["square_hd"]
 
 
-def parse_fal_image_input(raw: Any) -> FalImageInput:
+def parse_fal_image_input(raw: Any, spec: ModelSpec | None = None) -> FalImageInput:
     """Validate an async-invoke `input` for an image model; InvalidRequest names `input.<field>`.
+
+    With `spec`, the resolved (width, height) must be one the model allows, as for
+    /v1/images/generations (a 4096x4096 job would otherwise exhaust memory); a fal upstream
+    judges its own sizes.
 
     The product document's own example sends a size preset as `output_format`
     (`"output_format": "landscape_4_3"`): read that as `image_size`, as its author meant.
@@ -133,9 +137,28 @@ def parse_fal_image_input(raw: Any) -> FalImageInput:
     if isinstance(fmt, str) and fmt in FAL_IMAGE_SIZES and "image_size" not in raw:
         raw = {**{k: v for k, v in raw.items() if k != "output_format"}, "image_size": fmt}
     try:
-        return FalImageInput.model_validate(raw)
+        params = FalImageInput.model_validate(raw)
     except ValidationError as exc:
         message, param = validation_message(exc)
         # the union's branch name is no part of the client's JSON path
         message, param = message.replace(".FalImageSize", ""), param and param.replace(".FalImageSize", "")
         raise InvalidRequest(f"input.{message}", param=f"input.{param}" if param else "input") from None
+    if spec is not None and spec.backend != "fal":
+        check_fal_size(params, spec)
+    return params
+
+
+def check_fal_size(params: FalImageInput, spec: ModelSpec) -> None:
+    """The same allowed set as the sync endpoint: the document's squares, the catalog's `sizes`
+    and its `default_size`."""
+    width, height = params.dimensions(spec)
+    allowed = allowed_sizes(spec)
+    if spec.default_size and spec.default_size not in allowed:
+        allowed.append(spec.default_size)
+    if f"{width}x{height}" not in allowed:
+        raise InvalidRequest(
+            f"input.image_size {width}x{height} is not supported by '{spec.id}'; allowed sizes: "
+            f"{', '.join(allowed)}",
+            param="input.image_size",
+            code="invalid_size",
+        )

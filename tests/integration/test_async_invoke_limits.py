@@ -5,15 +5,18 @@ name the parameter as sent, come after authentication, and an unknown `after` cu
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.server import ServerProcess
+from tests.support.server import INFERGATE, ServerProcess
 
 CATALOG = """
 builtins = false
@@ -74,6 +77,21 @@ def job_row(server: ServerProcess, job_id: str) -> dict[str, Any]:
         row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
     assert row is not None
     return dict(row)
+
+
+@pytest.mark.parametrize("concurrency", ["0", "-3"])
+def test_a_worker_without_concurrency_does_not_start(concurrency: str, tmp_path: Path) -> None:
+    env = {**os.environ, "INFERGATE_DATA_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [INFERGATE, "worker", "--concurrency", concurrency],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert f"--concurrency must be at least 1, got {concurrency}" in result.stderr, result.stderr
+    assert not (tmp_path / "infergate.db").exists()  # refused before touching the database
 
 
 def test_a_spent_budget_fails_the_job_at_once_with_the_reason(server: ServerProcess) -> None:

@@ -70,7 +70,7 @@ def free_port() -> int:
 
 
 def system_prompt(conv: int, tokens: int) -> str:
-    rules = max(tokens // 12, 1)  # ~12 tokens per rule with SmolLM2's tokenizer
+    rules = max(tokens // 16, 1)  # ~16 tokens per rule with SmolLM2's tokenizer
     return f"Handbook {conv} of shop {conv * 7919 % 1000}. " + " ".join(
         f"Rule {i} of handbook {conv}: be brief, exact and polite." for i in range(rules)
     )
@@ -244,7 +244,10 @@ async def wave(
             target.cached.setdefault(turn, []).append(cached)
             target.prompt.setdefault(turn, []).append(prompt)
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as session:
+    # a connection per request: llama-server drops idle keep-alive connections while a worker
+    # waits, and a reused dead one fails the turn
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=900)) as session:
         await asyncio.gather(*(worker(session) for _ in range(args.parallel)))
 
 
@@ -263,11 +266,14 @@ def report(targets: list[Target], args: argparse.Namespace) -> None:
         f"(infergate `slot_cache_mb`, llama-server `--cache-ram`). TTFT = median time to the first "
         f"content token of a streamed /v1/chat/completions, whole history sent each turn.\n"
     )
-    head = "| turn | prompt tokens (p50) | infergate TTFT p50 | infergate cached_tokens p50 |"
+    head = "| turn | infergate prompt tokens p50 | infergate TTFT p50 | infergate cached_tokens p50 |"
     rule = "|---|---|---|---|"
     if ls is not None:
-        head += " llama-server TTFT p50 | llama-server cached_tokens p50 | llama-server / infergate |"
-        rule += "---|---|---|"
+        head += (
+            " llama-server prompt tokens p50 | llama-server TTFT p50 | llama-server cached_tokens p50"
+            " | llama-server / infergate TTFT |"
+        )
+        rule += "---|---|---|---|"
     print(head)
     print(rule)
     for turn in range(1, args.turns + 1):
@@ -278,8 +284,8 @@ def report(targets: list[Target], args: argparse.Namespace) -> None:
         if ls is not None:
             ratio = p50(ls.ttft.get(turn, [])) / p50(ig.ttft.get(turn, []))
             row += (
-                f" {1000 * p50(ls.ttft.get(turn, [])):.0f} ms | {p50(ls.cached.get(turn, [])):.0f} "
-                f"| {ratio:.2f}x |"
+                f" {p50(ls.prompt.get(turn, [])):.0f} | {1000 * p50(ls.ttft.get(turn, [])):.0f} ms "
+                f"| {p50(ls.cached.get(turn, [])):.0f} | {ratio:.2f}x |"
             )
         print(row)
     print()

@@ -247,7 +247,8 @@ async def wave(
     # a connection per request: llama-server drops idle keep-alive connections while a worker
     # waits, and a reused dead one fails the turn
     connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=900)) as session:
+    timeout = aiohttp.ClientTimeout(total=900)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.gather(*(worker(session) for _ in range(args.parallel)))
 
 

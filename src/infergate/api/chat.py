@@ -18,6 +18,7 @@ from infergate.cache.plan import PromptCachePlan
 from infergate.catalog import ModelSpec
 from infergate.engines.base import ChatEngine, ChatRequest, RequestContext
 from infergate.metering import CLIENT_GONE_STATUS, Charge, Meter
+from infergate.output_limit import check_output_limit
 from infergate.schemas.chat import ChatCompletionRequest
 from infergate.schemas.common import INFERENCE_ERRORS
 from infergate.tokens import chat_framing_tokens
@@ -53,6 +54,8 @@ async def create_chat_completion(request: Request) -> Response:
     platform = platform_of(request)
     spec, engine = platform.chat_engine(params.model)
     request.scope["state"]["model"] = spec.id
+    check_output_limit(spec, "max_tokens", params.max_tokens)
+    check_output_limit(spec, "max_completion_tokens", params.max_completion_tokens)
     request_id = request_id_of(request)
     meter = await platform.admit(
         Charge(spec, request_id, key.uuid, ENDPOINT, started),

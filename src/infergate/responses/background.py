@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from infergate.errors import Conflict, InfergateError, InvalidRequest, Unavailable
+from infergate.output_limit import check_output_limit
 from infergate.storage.responses import ACTIVE
 
 log = logging.getLogger("infergate.responses.background")
@@ -81,6 +82,7 @@ async def start_background(
     if jobs is None:
         raise Unavailable("Background responses need the job queue, which is not running.")
     spec, _engine = platform.chat_engine(params.model)  # an unknown model is a 404 now, not a failed job
+    check_output_limit(spec, "max_output_tokens", params.max_output_tokens)  # a 400 now, too
     response = response_object(params, spec, response_id, int(time.time()), "queued", [], None)
     await platform.responses.save(
         response,

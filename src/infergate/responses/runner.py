@@ -18,6 +18,7 @@ from infergate.engines.base import ChatEngine, ChatRequest, ChatResult, RequestC
 from infergate.errors import InfergateError, InvalidRequest
 from infergate.http_errors import invalid_from_validation
 from infergate.metering import Charge, Meter
+from infergate.output_limit import check_output_limit
 from infergate.responses import translate
 from infergate.responses.events import Event, OutputBuilder, Sequencer, ToolCall
 from infergate.responses.objects import response_object, usage_object
@@ -49,6 +50,7 @@ async def run_response(
     spec, engine = platform.chat_engine(params.model)
     input_items = translate.normalize_input(params)
     translate.check_vision(history + input_items, spec.id, spec.vision)
+    check_output_limit(spec, "max_output_tokens", params.max_output_tokens)
     if spec.responses_native:
         from infergate.responses.native import run_native
 

@@ -16,16 +16,76 @@ from tests.support.server import ServerProcess
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    upstream = ImagesUpstream().start()
+def upstream() -> Iterator[ImagesUpstream]:
+    stand_in = ImagesUpstream().start()
+    yield stand_in
+    stand_in.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, upstream: ImagesUpstream) -> Iterator[ServerProcess]:
     catalog = (
         'builtins = false\n[[models]]\nid = "painter"\nkind = "image"\nbackend = "openai"\n'
         f'base_url = "{upstream.base_url}"\nupstream_model = "img"\ninput_price = 5.0\noutput_price = 40.0\n'
+        'image_price = 0.04\naliases = ["painter-v1"]\nsizes = ["768x512"]\n'
+        '[[models]]\nid = "sketcher"\nkind = "image"\nbackend = "openai"\n'
+        f'base_url = "{upstream.base_url}"\nupstream_model = "img"\n'
+        'sizes = ["640x384"]\ndefault_size = "640x384"\n'
+        "audio_second_price = 0.002\n"
     )
     proc = ServerProcess(tmp_path_factory.mktemp("panel-images"), catalog).start()
     yield proc
     proc.stop()
-    upstream.stop()
+
+
+def test_models_table_shows_per_image_prices_and_aliases(browser: Any, server: ServerProcess) -> None:
+    page = new_page(browser, server)
+    try:
+        login(page)
+        page.goto("/panel/models")
+        painter = page.locator("#model-status tbody tr").filter(has_text="painter").first.inner_text()
+        assert "$0.04 / image" in painter and "also: painter-v1" in painter
+        sketcher = page.locator("#model-status tbody tr").filter(has_text="sketcher").inner_text()
+        assert "$0.002 / second of audio" in sketcher and "/ image" not in sketcher
+    finally:
+        page.context.close()
+
+
+def test_image_snippets_and_sizes_follow_the_tab_and_model(
+    browser: Any, server: ServerProcess, upstream: ImagesUpstream
+) -> None:
+    page = new_page(browser, server)
+    try:
+        login(page)
+        page.goto("/panel/models")
+        # no chat model here, so the image tab opens first; the examples follow the tabs
+        assert "/v1/images/generations" in page.locator(".snippet-set:visible").inner_text()
+        page.get_by_role("tab", name="Chat").click()
+        assert "/v1/chat/completions" in page.locator(".snippet-set:visible").inner_text()
+        page.get_by_role("tab", name="Text to image").click()
+        shown = page.locator(".snippet-set:visible")
+        text = shown.inner_text()
+        assert f"curl {server.url}/v1/images/generations" in text and "client.images.generate(" in text
+        assert '"model": "painter"' in text and 'model="painter"' in text
+        assert "chat/completions" not in text
+        panel = page.get_by_role("tabpanel", name="Text to image")
+        size = panel.get_by_label("Size")
+        assert size.locator("option").all_inner_texts() == ["256x256", "512x512", "1024x1024", "768x512"]
+        assert size.input_value() == "768x512"  # no default_size: its first catalog size, as the API does
+        panel.get_by_label("Model").select_option("sketcher")  # its own sizes and default; snippets follow
+        assert size.locator("option").all_inner_texts() == ["256x256", "512x512", "1024x1024", "640x384"]
+        assert size.input_value() == "640x384"
+        assert '"model": "sketcher"' in shown.inner_text() and '"painter"' not in shown.inner_text()
+        panel.get_by_label("Model").select_option("painter")
+        size.select_option("512x512")
+        panel.get_by_label("Prompt").fill("A wide red square")
+        sent = len(upstream.requests)
+        panel.get_by_role("button", name="Generate").click()
+        page.wait_for_function("() => document.getElementById('image-status').textContent === 'Done.'")
+        assert upstream.requests[sent]["size"] == "512x512"
+        check_page(page, "models-image-snippets")
+    finally:
+        page.context.close()
 
 
 def test_image_tab_generates_and_bills_the_playground_key(browser: Any, server: ServerProcess) -> None:
@@ -43,7 +103,7 @@ def test_image_tab_generates_and_bills_the_playground_key(browser: Any, server: 
         assert size > 0
         check_page(page, "models-playground-image")
         rows = rows_where(server, "model = 'painter' AND endpoint LIKE 'images%'")
-        assert len(rows) == 1 and rows[0]["status"] == 200
+        assert len(rows) >= 1 and rows[0]["status"] == 200
         page.goto("/panel/keys")
         assert page.get_by_role("rowheader", name="panel playground playground").count() == 1
     finally:

@@ -89,3 +89,43 @@ def test_stored_responses_with_their_chain(page: Any, panel_server: ServerProces
     assert first in chain.nth(0).inner_text() and "My name is Ada." in chain.nth(0).inner_text()
     assert "What is my name?" in chain.nth(1).inner_text()
     check_page(page, "response-chain")
+
+
+def test_responses_paging_wide_output_and_deleted_chain_links(page: Any, panel_server: ServerProcess) -> None:
+    secret = panel_server.create_key("paging-key")["secret_key"]
+
+    def ask(text: str, previous: str | None = None) -> str:
+        body: dict[str, Any] = {"model": "smollm2-135m-instruct", "input": text, "max_output_tokens": 8}
+        if previous:
+            body["previous_response_id"] = previous
+        r = httpx.post(f"{panel_server.url}/v1/responses", headers=_auth(secret), json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        return r.json()["id"]
+
+    first = ask("Remember the number 7.")
+    second = ask("And the number 8.", first)
+    third = ask("Which numbers?", second)
+    r = httpx.delete(f"{panel_server.url}/v1/responses/{second}", headers=_auth(secret), timeout=30)
+    assert r.status_code == 200, r.text
+
+    # one a page: newest first, then older ones through the cursor (the deleted one is gone)
+    page.goto("/panel/responses?limit=1")
+    rows = page.locator("table.responses tbody tr")
+    assert rows.count() == 1 and third in rows.first.inner_text()
+    chain_cell = rows.first.locator("td").nth(4)
+    assert "deleted" in chain_cell.inner_text() and chain_cell.get_by_role("link").count() == 0
+    output = rows.first.locator("td.output-text")
+    assert output.bounding_box()["width"] >= 250, "the Output column is squeezed"
+    check_page(page, "responses-paged")
+    page.get_by_role("link", name="Older responses").click()
+    page.wait_for_url(f"**after={third}")
+    rows = page.locator("table.responses tbody tr")
+    assert rows.count() == 1 and first in rows.first.inner_text()
+    page.get_by_role("link", name="Newest").click()
+    page.wait_for_url("**/panel/responses?limit=1")
+    assert third in page.locator("table.responses tbody tr").first.inner_text()
+    # the chain of the last turn stops where a turn was deleted, and says so
+    page.goto(f"/panel/responses/{third}")
+    assert page.locator("ol.chain > li").count() == 1
+    assert "deleted or expired" in page.locator("main").inner_text()
+    assert page.locator(f'a[href="/panel/responses/{second}"]').count() == 0

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser.conftest import check_page, login, new_page, screenshot
+from tests.browser.conftest import ARTIFACTS, check_page, login, new_page, screenshot
 from tests.support.server import ServerProcess
 
 
@@ -35,8 +35,18 @@ def _open_menu_item(page: Any, name: str, item: str) -> None:
 
 
 def test_login_page_and_wrong_token(page: Any, panel_server: ServerProcess) -> None:
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
     page.goto("/")
     check_page(page, "login")
+    field = page.get_by_label("Admin token").bounding_box()
+    button = page.get_by_role("button", name="Log in").bounding_box()
+    assert button["y"] - (field["y"] + field["height"]) >= 8, "the Log in button touches the field"
+    # the page's icon loads, and so does /favicon.ico (browsers ask for it on their own)
+    icon = page.evaluate("() => fetch(document.querySelector('link[rel=icon]').href).then(r => r.status)")
+    assert icon == 200 and not failed, failed
+    ico = httpx.get(f"{panel_server.url}/favicon.ico")
+    assert ico.status_code == 200 and ico.headers["content-type"].startswith("image/svg+xml")
     page.get_by_label("Admin token").fill("not-the-token")
     page.get_by_role("button", name="Log in").click()
     assert page.get_by_role("alert").inner_text() == "That is not the admin token."
@@ -246,3 +256,55 @@ def test_reloading_after_create_or_regenerate_does_nothing_again(
     page.reload()
     assert "already sent" in page.get_by_role("alert").inner_text()
     assert _models_status(panel_server, new_secret) == 200  # the secret on screen still works
+
+
+# Items of an open "…" menu that a user could not see or click: outside the viewport, or covered
+# (clipped by a scroll box or hidden under something) where elementFromPoint at their centre
+# does not land on them.
+HIDDEN_MENU_ITEMS = """menu => Array.from(menu.querySelectorAll('li a')).filter(a => {
+  const r = a.getBoundingClientRect();
+  if (r.width === 0 || r.height === 0) return true;
+  if (r.top < 0 || r.left < 0 || r.bottom > window.innerHeight || r.right > window.innerWidth) return true;
+  const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+  return !(hit && (hit === a || a.contains(hit)));
+}).map(a => a.textContent)"""
+
+
+@pytest.mark.parametrize(
+    "viewport", [(1280, 900), (390, 844), (1280, 420)], ids=["desktop", "phone", "short"]
+)
+def test_key_menu_is_fully_visible_on_first_and_last_rows(
+    browser: Any, panel_server: ServerProcess, viewport: tuple[int, int]
+) -> None:
+    for name in ("menu-one", "menu-two", "menu-three"):
+        panel_server.create_key(name)
+    context = browser.new_context(
+        base_url=panel_server.url, viewport={"width": viewport[0], "height": viewport[1]}
+    )
+    page = context.new_page()
+    try:
+        login(page)
+        rows = page.locator("table.keys tbody tr")
+        assert rows.count() >= 3
+        for which, row in (("first", rows.first), ("last", rows.last)):
+            # the worst place: the row at the very bottom of the window (no room below it)
+            row.evaluate("r => r.scrollIntoView({block: 'end'})")
+            row.locator("summary").click()
+            menu = row.locator("details.menu")
+            try:
+                page.wait_for_function(
+                    f"menu => ({HIDDEN_MENU_ITEMS})(menu).length === 0",
+                    arg=menu.element_handle(),
+                    timeout=5000,
+                )
+            except Exception:
+                hidden = menu.evaluate(HIDDEN_MENU_ITEMS)
+                screenshot(page, f"key-menu-clipped-{which}-{viewport[0]}x{viewport[1]}")
+                pytest.fail(f"{which} row at {viewport}: menu items not visible: {hidden}")
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / f"panel-key-menu-{which}-{viewport[0]}x{viewport[1]}.png"))
+            row.locator("details.menu li a", has_text="Delete").click()  # clickable where it shows
+            page.wait_for_url("**/delete")
+            page.go_back()
+    finally:
+        context.close()

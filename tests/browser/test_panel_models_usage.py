@@ -103,17 +103,28 @@ def test_playground_speech_tab(page: Any, panel_server: ServerProcess) -> None:
              if (a.readyState >= 1) ok(a.duration); else a.onloadedmetadata = () => ok(a.duration); })"""
     )
     assert duration > 0.3
+    # the code examples follow the tab and its model: audio.speech for espeak-tts
+    shown = page.locator(".snippet-set:visible")
+    assert shown.get_attribute("data-tab") == "speech"
+    text = shown.inner_text()
+    assert f"curl {panel_server.url}/v1/audio/speech" in text and "client.audio.speech.create(" in text
+    assert 'model="espeak-tts"' in text and "chat/completions" not in text
     check_page(page, "models-playground-speech")
 
 
 def test_snippets_carry_base_url_and_model(page: Any, panel_server: ServerProcess) -> None:
     page.goto("/panel/models")
-    snippets = page.locator(".snippet pre")
-    assert snippets.count() == 4
-    titles = page.locator(".snippet figcaption span").all_inner_texts()
+    snippets = page.locator('.snippet-set[data-tab="chat"] .snippet pre')
+    assert snippets.count() == 4 and page.locator(".snippet-set:visible").get_attribute("data-tab") == "chat"
+    titles = page.locator('.snippet-set[data-tab="chat"] .snippet figcaption span').all_inner_texts()
     assert titles == ["curl", "openai SDK", "gradient SDK", "pydo"]
-    for text in snippets.all_inner_texts():
+    for text in snippets.all_inner_texts()[:3]:
         assert panel_server.url in text and "smollm2-135m-instruct" in text
+    # pydo refuses plain HTTP: its example names an https:// endpoint and says how to serve one
+    pydo = snippets.nth(3).inner_text()
+    https = panel_server.url.replace("http://", "https://").rsplit(":", 1)[0] + ":8443"
+    assert f'endpoint="{https}"' in pydo and "--tls-cert" in pydo and "smollm2-135m-instruct" in pydo
+    assert "http://" not in pydo
     assert f'base_url="{panel_server.url}/v1/"' in snippets.nth(1).inner_text()
     assert f'Gradient(model_access_key=os.environ["MODEL_ACCESS_KEY"], base_url="{panel_server.url}")' in (
         snippets.nth(2).inner_text()

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -25,6 +25,7 @@ router = APIRouter()
 JOB_KINDS = {"async-invoke": "Async invoke", "response": "Background responses"}
 STATUSES = ("QUEUED", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED")
 PAGE = 50
+MAX_PAGE = 200
 MAX_CHAIN = 100
 
 
@@ -97,23 +98,46 @@ def _text_of(item: dict[str, Any]) -> str:
     return orjson.dumps(shown).decode()[:2000]
 
 
-def _list_responses(platform: Platform, before: int | None) -> list[dict[str, Any]]:
+def _list_responses(platform: Platform, limit: int, after: str | None) -> tuple[list[dict[str, Any]], bool]:
+    """A page of live responses, newest first, after the cursor response (by created_ms, then id:
+    several responses can share a millisecond); True when there are more."""
+    now = int(time.time() * 1000)
     stmt = (
         select(responses)
-        .where(responses.c.expires_ms > int(time.time() * 1000))  # what the API would still serve
+        .where(responses.c.expires_ms > now)  # what the API would still serve
         .order_by(responses.c.created_ms.desc(), responses.c.id.desc())
-        .limit(PAGE)
+        .limit(limit + 1)
     )
-    if before is not None:
-        stmt = stmt.where(responses.c.created_ms < before)
     with platform.db.connect() as conn:
+        if after:
+            cursor = conn.execute(select(responses.c.created_ms).where(responses.c.id == after)).first()
+            if cursor is not None:  # a cursor deleted meanwhile: start from the newest again
+                ms = cursor[0]
+                stmt = stmt.where(
+                    or_(
+                        responses.c.created_ms < ms,
+                        and_(responses.c.created_ms == ms, responses.c.id < after),
+                    )
+                )
         rows = [dict(r) for r in conn.execute(stmt).mappings()]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        # a chain link is a link only while its target can still be opened (not deleted or expired)
+        wanted = {r["previous_response_id"] for r in rows if r["previous_response_id"]}
+        live = set()
+        if wanted:
+            live = set(
+                conn.execute(
+                    select(responses.c.id).where(responses.c.id.in_(wanted), responses.c.expires_ms > now)
+                ).scalars()
+            )
     for row in rows:
         body = orjson.loads(row.pop("body"))
         row["model"] = body.get("model")
         messages = [i for i in body.get("output") or [] if isinstance(i, dict) and i.get("type") == "message"]
         row["output_text"] = "".join(_text_of(i) for i in messages)[:300]
-    return rows
+        row["previous_live"] = row["previous_response_id"] in live
+    return rows, more
 
 
 def _chain(platform: Platform, response_id: str) -> list[dict[str, Any]]:
@@ -147,10 +171,14 @@ def _chain(platform: Platform, response_id: str) -> list[dict[str, Any]]:
     return chain
 
 
+def _limit(text: str) -> int:
+    return min(int(text), MAX_PAGE) if text.isdigit() and int(text) > 0 else PAGE
+
+
 async def responses_page(request: Request, ctx: Ctx) -> Response:
-    before_text = request.query_params.get("before", "")
-    before = int(before_text) if before_text.isdigit() else None
-    rows = await asyncio.to_thread(_list_responses, ctx.platform, before)
+    limit = _limit(request.query_params.get("limit", ""))
+    after = request.query_params.get("after") or None
+    rows, more = await asyncio.to_thread(_list_responses, ctx.platform, limit, after)
     names = await asyncio.to_thread(_key_names, ctx.platform)
     return ctx.render(
         request,
@@ -158,7 +186,9 @@ async def responses_page(request: Request, ctx: Ctx) -> Response:
         nav="responses",
         rows=rows,
         names=names,
-        next_before=rows[-1]["created_ms"] if len(rows) == PAGE else None,
+        limit=limit,
+        paged=after is not None,
+        next_after=rows[-1]["id"] if more and rows else None,
     )
 
 

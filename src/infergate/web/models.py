@@ -6,9 +6,11 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from infergate.schemas.images import allowed_sizes
 from infergate.web.data import model_rows, servable_ids
 from infergate.web.guard import Ctx, panel_page
 from infergate.web.playground import router as playground_router
+from infergate.web.snippets import snippet_sets
 
 router = APIRouter()
 router.include_router(playground_router)
@@ -24,6 +26,15 @@ async def models_page(request: Request, ctx: Ctx) -> Response:
     chosen = request.query_params.get("model")
     if chosen not in chat_models:
         chosen = chat_models[0] if chat_models else "MODEL_ID"
+    image_models = servable_ids(ctx.platform, "image")
+    # each image model's sizes (what POST /v1/images/generations accepts) and its default
+    image_sizes = {}
+    for model_id in image_models:
+        spec = ctx.platform.catalog.get(model_id)
+        if spec is not None:
+            default = spec.default_size or (spec.sizes[0] if spec.sizes else "1024x1024")
+            sizes = allowed_sizes(spec)
+            image_sizes[model_id] = {"sizes": sizes + [default] * (default not in sizes), "default": default}
     return ctx.render(
         request,
         "models.html",
@@ -31,9 +42,11 @@ async def models_page(request: Request, ctx: Ctx) -> Response:
         models=model_rows(ctx.platform),
         chat_models=chat_models,
         tts_models=servable_ids(ctx.platform, "tts"),
-        image_models=servable_ids(ctx.platform, "image"),
+        image_models=image_models,
+        image_sizes=image_sizes,
         chosen=chosen,
         base=base_url(request),
+        snippet_sets=snippet_sets(base_url(request)),
     )
 
 

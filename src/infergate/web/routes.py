@@ -117,6 +117,15 @@ async def _logout(request: Request, ctx: Ctx) -> Response:
 router.add_api_route("/panel/logout", panel_action(_logout), methods=["POST"])
 
 
+@router.get("/favicon.ico")
+async def favicon() -> Response:
+    """Browsers ask for /favicon.ico on their own (pages link the SVG; this saves a 404)."""
+    response = FileResponse(STATIC_FILES["favicon.svg"], media_type="image/svg+xml")
+    response.headers["Cache-Control"] = "public, max-age=86400"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 @router.get("/panel/static/{name}")
 async def static(name: str) -> Response:
     path = STATIC_FILES.get(name)

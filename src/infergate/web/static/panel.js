@@ -50,6 +50,36 @@
     });
   });
 
+  // "…" menus float above the page (position: fixed), so the table's scroll box cannot clip them;
+  // they open upward when there is no room below. Only one is open at a time.
+  function place(menu) {
+    var list = menu.querySelector("ul");
+    var anchor = menu.querySelector("summary").getBoundingClientRect();
+    list.classList.add("floating");
+    list.style.left = "0px";  // measure its natural width, not one squeezed by the last placement
+    var h = list.offsetHeight, w = list.offsetWidth, gap = 4;
+    var top = anchor.bottom + gap;
+    if (top + h > window.innerHeight - gap) {
+      top = anchor.top - h - gap >= gap ? anchor.top - h - gap : Math.max(gap, window.innerHeight - h - gap);
+    }
+    var left = Math.min(Math.max(gap, anchor.right - w), window.innerWidth - w - gap);
+    list.style.top = top + "px";
+    list.style.left = Math.max(gap, left) + "px";
+  }
+  function openMenus() { return document.querySelectorAll("details.menu[open]"); }
+  document.addEventListener("toggle", function (event) {
+    var menu = event.target;
+    if (!menu.matches || !menu.matches("details.menu") || !menu.open) return;
+    openMenus().forEach(function (other) { if (other !== menu) other.removeAttribute("open"); });
+    place(menu);
+  }, true);
+  var reposition = function () { openMenus().forEach(place); };
+  window.addEventListener("resize", reposition);
+  document.addEventListener("scroll", reposition, true);  // the page or the table's own scroll box
+  document.addEventListener("click", function (event) {
+    openMenus().forEach(function (menu) { if (!menu.contains(event.target)) menu.removeAttribute("open"); });
+  });
+
   // The secret is shown once: select it so it can be copied right away.
   var secret = document.getElementById("secret-value");
   if (secret) { secret.focus(); secret.select(); }

@@ -29,6 +29,11 @@
       t.tabIndex = on ? 0 : -1;
       document.getElementById(t.getAttribute("aria-controls")).hidden = !on;
     });
+    // the code examples follow the tab: chat, speech or image requests
+    var name = tab.id.replace("tab-", "");
+    document.querySelectorAll(".snippet-set").forEach(function (set) {
+      set.hidden = set.getAttribute("data-tab") !== name;
+    });
     tab.focus();
   }
   tabs.forEach(function (tab, i) {
@@ -39,11 +44,32 @@
     });
   });
 
-  // Snippets follow the chosen chat model.
+  // Snippets follow the model chosen in each tab.
+  [["chat", "chat-model"], ["speech", "speech-model"], ["image", "image-model"]].forEach(function (pair) {
+    var chooser = document.getElementById(pair[1]);
+    if (!chooser) return;
+    chooser.addEventListener("change", function () {
+      document.querySelectorAll('.snippet-set[data-tab="' + pair[0] + '"] .snippet-model').forEach(function (el) {
+        el.textContent = chooser.value;
+      });
+    });
+  });
   var chatModel = document.getElementById("chat-model");
-  if (chatModel) {
-    chatModel.addEventListener("change", function () {
-      document.querySelectorAll(".snippet-model").forEach(function (el) { el.textContent = chatModel.value; });
+
+  // The image model's sizes (the document's squares and its catalog sizes), its default selected.
+  var imageModel = document.getElementById("image-model");
+  var imageSize = document.getElementById("image-size");
+  if (imageModel && imageSize) {
+    imageModel.addEventListener("change", function () {
+      var option = imageModel.selectedOptions[0];
+      var fallback = option.getAttribute("data-default");
+      imageSize.replaceChildren();
+      option.getAttribute("data-sizes").split(" ").forEach(function (size) {
+        var item = document.createElement("option");
+        item.textContent = size;
+        item.selected = size === fallback;
+        imageSize.appendChild(item);
+      });
     });
   }
 
@@ -141,6 +167,7 @@
       var response = await post("/panel/playground/image", {
         model: document.getElementById("image-model").value,
         prompt: document.getElementById("image-input").value,
+        size: imageSize ? imageSize.value : undefined,
       });
       if (!response.ok) { status.textContent = "Error: " + (await errorText(response)); return; }
       var data = await response.json();

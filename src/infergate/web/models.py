@@ -34,7 +34,9 @@ async def models_page(request: Request, ctx: Ctx) -> Response:
         if spec is not None:
             default = spec.default_size or (spec.sizes[0] if spec.sizes else "1024x1024")
             sizes = allowed_sizes(spec)
-            image_sizes[model_id] = {"sizes": sizes + [default] * (default not in sizes), "default": default}
+            if default not in sizes:  # a catalog default_size is accepted even when not listed
+                sizes.append(default)
+            image_sizes[model_id] = {"sizes": sizes, "default": default}
     return ctx.render(
         request,
         "models.html",

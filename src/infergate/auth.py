@@ -170,7 +170,15 @@ def parse_bearer(authorization: str | None) -> str:
 def check_admin(authorization: str | None, admin_token: str | None) -> None:
     """The management API (/v2) takes the admin token; without one configured, it is closed."""
     token = parse_bearer(authorization)
-    if not admin_token or not secrets.compare_digest(token.encode(), admin_token.encode()):
+    if not admin_token:
         raise AuthenticationFailed(
-            "Unable to authenticate you: the management API needs INFERGATE_ADMIN_TOKEN.", code="unauthorized"
+            "Unable to authenticate you: the management API is closed until the server is started "
+            "with INFERGATE_ADMIN_TOKEN.",
+            code="unauthorized",
+        )
+    if not secrets.compare_digest(token.encode(), admin_token.encode()):
+        raise AuthenticationFailed(
+            "Unable to authenticate you: this endpoint needs the admin token (INFERGATE_ADMIN_TOKEN); "
+            "a model access key is not accepted here.",
+            code="unauthorized",
         )

@@ -22,12 +22,24 @@ from infergate.storage.keys import KeyRepository
 OPTIONS = {"rpm": "rpm", "tpm": "tpm", "concurrency": "max_concurrency", "budget": "monthly_budget_usd"}
 
 
+# argparse prints a type function's ArgumentTypeError as is ("argument --rpm: ..."); any other
+# error becomes "invalid <function name> value", which names our internals
 def _count(text: str) -> int | None:
-    return None if text.lower() == "none" else int(text)
+    if text.lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'none', got {text!r}") from None
 
 
 def _usd(text: str) -> float | None:
-    return None if text.lower() == "none" else float(text)
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an amount in USD or 'none', got {text!r}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +77,8 @@ def run(
             limits = dataclasses.replace(base, **given)
         except InvalidRequest as exc:  # name the option, not the API field
             option = next((o for o, f in OPTIONS.items() if f == exc.param), exc.param)
-            raise InvalidRequest(f"--{option}: {exc.message.split(': ', 1)[-1]}", param=exc.param) from None
+            why = exc.message.split(": ", 1)[-1].replace("or null", "or none")  # the CLI's word for no limit
+            raise InvalidRequest(f"--{option}: {why}", param=exc.param) from None
         repo.set(args.uuid, limits)
         announce()
         current = limits

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import importlib.util
 import inspect
 import logging
@@ -20,7 +21,7 @@ import queue
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,44 @@ class _Cancelled(Exception):
     the call any more, it only has to stop."""
 
 
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: list[int] = []  # the libraries' levels before the first of the running loads
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """transformers and diffusers at error level during a load: every load otherwise prints
+    "`CLIPImageProcessor` requires torchvision (not installed); falling back ...", a multi-line
+    "install accelerate" advice and a "Loading weights" bar, none of which an operator can act on
+    (the PIL processors and a plain load are what we want). Our own loggers are untouched. Counted,
+    so concurrent loads restore the levels only when the last one ends."""
+    global _quiet_depth
+    import diffusers.utils.logging as diffusers_logging
+
+    try:
+        import transformers.utils.logging as transformers_logging
+    except ImportError:  # a pipeline without transformers components
+        transformers_logging = None
+    libraries = [lib for lib in (diffusers_logging, transformers_logging) if lib is not None]
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_saved[:] = [lib.get_verbosity() for lib in libraries]
+            for lib in libraries:
+                lib.set_verbosity_error()
+            if transformers_logging is not None:
+                transformers_logging.disable_progress_bar()
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                for lib, level in zip(libraries, _quiet_saved, strict=True):
+                    lib.set_verbosity(level)
+
+
 def load_pipeline(path: str, device: str | None, scheduler: str | None, threads: int | None = None) -> Any:
     """The pipeline of a local folder, on `device` (None: CUDA when present, else the CPU);
     nothing is downloaded (local_files_only)."""
@@ -93,7 +132,7 @@ def load_pipeline(path: str, device: str | None, scheduler: str | None, threads:
         torch.set_num_threads(threads)
     dtype = torch.float16 if device == "cuda" else torch.float32
     diffusers.utils.logging.disable_progress_bar()  # no loading bars in the server's log
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_libraries():
         # torch_dtype: renamed dtype in recent diffusers (a FutureWarning), the only name older ones know
         warnings.simplefilter("ignore", FutureWarning)
         # the class the folder names (light: AutoPipeline's lookup imports every pipeline family)

@@ -20,7 +20,9 @@ ARTIFACTS = Path(os.environ.get("PLAYWRIGHT_ARTIFACTS") or Path(__file__).parent
 BLOCKING_IMPACTS = ("serious", "critical")
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API keeps an event loop running in the main thread
+# while it is open, and every later test that calls asyncio.run() would fail on it.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (`make test` does it)")

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, inspect, select, text, update
 
 from infergate.config import normalize_database_url
 from infergate.errors import NotFound
-from infergate.storage.db import api_keys, open_database, usage_records
+from infergate.storage.db import api_keys, metadata, open_database, usage_records
 from infergate.storage.keys import SECRET_PREFIX, KeyRepository, hash_secret
 from infergate.storage.ledger import DAY_MS, LedgerRepository
 
@@ -85,7 +85,29 @@ def test_migrations_create_the_schema_at_head(engine: Engine) -> None:
         i["name"] for i in inspector.get_indexes("usage_records")
     }
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == _alembic_head()
+
+
+def test_every_table_the_code_uses_matches_its_migration(engine: Engine) -> None:
+    import infergate.platform  # noqa: F401 - imports every module that defines a table
+
+    inspector = inspect(engine)
+    for table in metadata.sorted_tables:
+        columns = {c["name"] for c in inspector.get_columns(table.name)}
+        assert columns == {c.name for c in table.columns}, table.name
+
+
+def _alembic_head() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    import infergate.storage.db as db
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
 
 
 def test_opening_again_keeps_the_data(engine: Engine) -> None:

@@ -21,8 +21,8 @@ import orjson
 from infergate.catalog import ModelSpec
 from infergate.engines.base import GeneratedImage, ImageEngine, ImageRequest, ImageResult
 from infergate.engines.image_common import content_type_of, image_usage, quality_of, sniff_size
-from infergate.engines.openai_upstream import OpenAIUpstreamEngine
-from infergate.errors import Unavailable, UpstreamError, UpstreamTimeout
+from infergate.engines.openai_upstream import OpenAIUpstreamEngine, transport_failure
+from infergate.errors import UpstreamError
 from infergate.observability import UPSTREAM_ERRORS
 from infergate.schemas.images import CONTENT_TYPES
 from infergate.usage import Usage
@@ -81,22 +81,8 @@ class OpenAIImagesEngine(ImageEngine):
                     raise self._upstream_failure(
                         response.status, raw.decode(errors="replace"), response.headers
                     )
-        except aiohttp.ConnectionTimeoutError:
-            self._count("unreachable")
-            raise Unavailable(
-                f"upstream {self.spec.id} did not accept a connection within {self.spec.connect_timeout:g}s",
-                headers={"Retry-After": "1"},
-            ) from None
-        except TimeoutError:
-            self._count("timeout")
-            raise UpstreamTimeout(
-                f"upstream {self.spec.id} did not answer within {self.spec.timeout:g}s"
-            ) from None
-        except aiohttp.ClientError as exc:
-            self._count("unreachable")
-            raise Unavailable(
-                f"upstream {self.spec.id} is unreachable: {exc}", headers={"Retry-After": "1"}
-            ) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_failure(self.spec, exc, self._count) from None
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -9,7 +9,7 @@ sends none.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,22 +72,8 @@ class OpenAIUpstreamEngine(ChatEngine):
         assert self.session is not None, "engine not started"
         try:
             response = await self.session.post(self.url, data=payload, headers=self.headers)
-        except aiohttp.ConnectionTimeoutError:  # never reached it: nothing was asked of it
-            self._count("unreachable")
-            raise Unavailable(
-                f"upstream {self.spec.id} did not accept a connection within {self.spec.connect_timeout:g}s",
-                headers={"Retry-After": "1"},
-            ) from None
-        except TimeoutError:
-            self._count("timeout")
-            raise UpstreamTimeout(
-                f"upstream {self.spec.id} did not answer within {self.spec.timeout:g}s"
-            ) from None
-        except aiohttp.ClientError as exc:
-            self._count("unreachable")
-            raise Unavailable(
-                f"upstream {self.spec.id} is unreachable: {exc}", headers={"Retry-After": "1"}
-            ) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_failure(self.spec, exc, self._count) from None
         if response.status >= 400:
             text = await response.text(errors="replace")
             response.release()
@@ -224,3 +210,19 @@ def _strip_cache_control(message: Any) -> Any:
         ]
         return {**message, "content": parts}
     return message
+
+
+def transport_failure(spec: ModelSpec, exc: BaseException, count: Callable[[str], None]) -> InfergateError:
+    """A failure to reach an upstream or hear its answer, as the client's error (counted by kind).
+    A connect timeout never reached it (nothing was asked of it): 503, like an unreachable one."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        count("unreachable")
+        return Unavailable(
+            f"upstream {spec.id} did not accept a connection within {spec.connect_timeout:g}s",
+            headers={"Retry-After": "1"},
+        )
+    if isinstance(exc, TimeoutError):
+        count("timeout")
+        return UpstreamTimeout(f"upstream {spec.id} did not answer within {spec.timeout:g}s")
+    count("unreachable")
+    return Unavailable(f"upstream {spec.id} is unreachable: {exc}", headers={"Retry-After": "1"})
